@@ -1,0 +1,270 @@
+"""Compile a :class:`GraphSpec` into a :class:`CompiledGraph`, a ``torch.nn.Module``.
+
+The compiler checks the graph with networkx (unknown names, unconnected nodes, shapes, cycles
+where forward init is asked for), infers the shapes ops can infer, instantiates the parameters,
+and fixes a node order. Nothing after this stage reads YAML or networkx.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import torch
+from torch import Tensor, nn
+
+from pcgraph import energy as E
+from pcgraph.errors import SpecError
+from pcgraph.ops import Op, Shape
+from pcgraph.spec import Categorical, GraphSpec, NodeSpec
+
+States = dict[str, Tensor]
+
+
+def _combine(mode: str, xs: list[Tensor]) -> Tensor:
+    if len(xs) == 1:
+        return xs[0]
+    if mode == "concat":
+        return torch.cat(xs, dim=1)
+    out = xs[0]
+    for x in xs[1:]:
+        out = out + x if mode == "add" else out * x
+    return out
+
+
+class Edge(nn.Module):
+    """f_e(x_src): ``combine`` the source states, then run the op pipeline."""
+
+    def __init__(self, sources: list[str], target: str, combine: str, pipeline: list[nn.Module]):
+        super().__init__()
+        self.sources, self.target, self.combine = sources, target, combine
+        self.pipeline = nn.Sequential(*pipeline)
+
+    def forward(self, states: States) -> Tensor:
+        return self.pipeline(_combine(self.combine, [states[s] for s in self.sources]))
+
+    def extra_repr(self) -> str:
+        return f"{'+'.join(self.sources)} -> {self.target}"
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    shape: Shape
+    spec: NodeSpec
+    incoming: tuple[int, ...]  # indices of edges predicting this node
+    outgoing: tuple[int, ...]  # indices of edges reading this node
+
+    @property
+    def has_energy(self) -> bool:
+        return bool(self.incoming) or self.spec.prior is not None
+
+
+class CompiledGraph(nn.Module):
+    """A PC graph ready to run: parameters, predictions and energies.
+
+    ``mu_v = sum_{e into v} f_e(x_src(e))`` and ``E = sum_v sum_batch e_v(x_v, mu_v)`` (eq. 27).
+    States are plain dicts ``{node: (B, *shape) tensor}``; the module holds only parameters.
+    """
+
+    def __init__(self, spec: GraphSpec, nodes: dict[str, Node], order: list[str], edges: list[Edge], acyclic: bool):
+        super().__init__()
+        self.spec = spec
+        self.nodes = nodes
+        self.order = order  # topological when acyclic, declaration order otherwise
+        self.edges = nn.ModuleList(edges)
+        self.acyclic = acyclic
+
+    # --- predictions, errors, energies --------------------------------------------------------
+
+    def prediction(self, states: States, node: str) -> Tensor | None:
+        """mu_v: the sum of the incoming edges' outputs, or None for a root node."""
+        out = None
+        for i in self.nodes[node].incoming:
+            y = self.edges[i](states)
+            out = y if out is None else out + y
+        return out
+
+    def predictions(self, states: States) -> States:
+        return {v: mu for v in self.order if (mu := self.prediction(states, v)) is not None}
+
+    def errors(self, states: States) -> States:
+        """eps_v = x_v - mu_v for every predicted node (before precision weighting)."""
+        return {v: states[v] - mu for v, mu in self.predictions(states).items()}
+
+    def node_energy(self, states: States, node: str, mu: Tensor | None = None) -> Tensor:
+        """e_v per sample, shape (B,); ``mu`` may be passed when already computed."""
+        n = self.nodes[node]
+        if n.incoming:
+            mu = self.prediction(states, node) if mu is None else mu
+            return E.node_energy(n.spec.energy, states[node], mu)
+        return E.prior_energy(n.spec.prior, states[node])
+
+    def node_energies(self, states: States) -> States:
+        """{node: (B,) energy} for every node with an energy term."""
+        return {v: self.node_energy(states, v) for v in self.order if self.nodes[v].has_energy}
+
+    def energy(self, states: States) -> Tensor:
+        """Total energy E, summed over nodes and over the batch (a scalar)."""
+        return sum(e.sum() for e in self.node_energies(states).values())
+
+    # --- the feedforward pass -------------------------------------------------------------
+
+    def forward(self, batch: States) -> States:
+        """Feedforward pass in topological order: given nodes keep their values, every other
+        node takes the state that minimises its energy given its prediction (its mean), roots
+        their prior mean (or zeros)."""
+        return self.feedforward(batch)[0]
+
+    def feedforward(self, batch: States, keep: frozenset[int] = frozenset()) -> tuple[States, dict[int, Tensor]]:
+        """:meth:`forward`, also returning the outputs of the edges listed in ``keep``."""
+        if not self.acyclic:
+            raise SpecError("a feedforward pass needs an acyclic graph; use init: zeros or prior", "inference.init")
+        ref = next(iter(batch.values()))
+        states, kept = dict(batch), {}
+        for v in self.order:
+            if v in batch:
+                continue
+            n = self.nodes[v]
+            if not n.incoming:
+                states[v] = self.root_value(v, ref)
+                continue
+            mu = None
+            for i in n.incoming:
+                y = self.edges[i](states)
+                if i in keep:
+                    kept[i] = y
+                mu = y if mu is None else mu + y
+            states[v] = E.mean(n.spec.energy, mu)
+        return states, kept
+
+    def root_value(self, node: str, like: Tensor, use_prior: bool = True) -> Tensor:
+        """Initial value of an unclamped node: its prior mean (if any and asked for) or zeros."""
+        n = self.nodes[node]
+        value = n.spec.prior.mean if (use_prior and n.spec.prior is not None) else 0.0
+        return torch.full((like.shape[0], *n.shape), value, dtype=like.dtype, device=like.device)
+
+    def bp_loss(self, batch: States) -> Tensor:
+        """Backprop's loss on the same graph: the energies of the given nodes that have
+        predictions, evaluated at the feedforward pass, averaged over the batch."""
+        states = self.forward({k: v for k, v in batch.items()})
+        targets = [v for v in batch if self.nodes[v].incoming]
+        b = next(iter(batch.values())).shape[0]
+        out = {v: self.node_energy(states, v) for v in targets}
+        return sum(e.sum() for e in out.values()) / b
+
+    # --- sizes --------------------------------------------------------------------------------
+
+    def states_per_sample(self, clamped: set[str] | None = None) -> int:
+        """Number of inferred scalars per sample (``clamped`` defaults to the observed nodes)."""
+        if clamped is None:
+            clamped = {v for v, n in self.nodes.items() if n.spec.role == "observed"}
+        return sum(_numel(n.shape) for v, n in self.nodes.items() if v not in clamped)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _numel(shape: Shape) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+# --- the compiler ------------------------------------------------------------------------------
+
+
+def compile(spec: GraphSpec) -> CompiledGraph:  # noqa: A001 - the pipeline stage's name
+    """Validate ``spec`` and build its :class:`CompiledGraph` (parameters on the CPU, float32).
+
+    Raises :class:`SpecError` naming the YAML path of the first problem in each category.
+    """
+    body = spec.graph
+    if not body.nodes:
+        raise SpecError("expected at least one node, got none", "graph.nodes")
+    g = nx.MultiDiGraph()
+    g.add_nodes_from(body.nodes)
+    problems: list[tuple[str, str]] = []
+    known = ", ".join(body.nodes)
+    for i, e in enumerate(body.edges):
+        for j, s in enumerate(e.source):
+            if s not in body.nodes:
+                path = f"graph.edges[{i}].from" + (f"[{j}]" if len(e.source) > 1 else "")
+                problems.append((path, f"unknown node {s!r} (known: {known})"))
+        if e.to not in body.nodes:
+            problems.append((f"graph.edges[{i}].to", f"unknown node {e.to!r} (known: {known})"))
+        if len(set(e.source)) != len(e.source):
+            problems.append((f"graph.edges[{i}].from", f"a source is listed twice: {e.source}"))
+        for s in e.source:
+            g.add_edge(s, e.to, index=i)
+    if problems:
+        raise SpecError(problems)
+
+    for v, n in body.nodes.items():
+        path = f"graph.nodes.{v}"
+        if g.degree(v) == 0:
+            problems.append((path, "node is not connected to any edge, so it has no energy; "
+                             "connect it or remove it"))
+        if n.prior is not None and g.in_degree(v) > 0:
+            problems.append((f"{path}.prior", "a prior is only for nodes without incoming edges; "
+                             f"{v!r} is predicted by an edge"))
+        if isinstance(n.energy, Categorical) and g.out_degree(v) > 0:
+            problems.append((f"{path}.energy", "a categorical node must be a leaf (no outgoing "
+                             f"edges); {v!r} feeds {sorted(set(g.successors(v)))}"))
+    if spec.data is not None:
+        for field in ("input", "target"):
+            name = getattr(spec.data, field)
+            if name is not None and name not in body.nodes:
+                problems.append((f"data.{field}", f"unknown node {name!r} (known: {known})"))
+    if problems:
+        raise SpecError(problems)
+
+    acyclic = nx.is_directed_acyclic_graph(g)
+    if not acyclic and spec.inference.init == "forward":
+        cycle = " -> ".join([u for u, _, _ in nx.find_cycle(g)] + [nx.find_cycle(g)[0][0]])
+        raise SpecError(f"forward init needs an acyclic graph, but it has the cycle {cycle}; "
+                        "use init: zeros or prior", "inference.init")
+    order = list(nx.topological_sort(g)) if acyclic else list(body.nodes)
+
+    edges = [_build_edge(i, e, body.nodes) for i, e in enumerate(body.edges)]
+    nodes = {
+        v: Node(v, tuple(n.shape), n,
+                tuple(i for i, e in enumerate(body.edges) if e.to == v),
+                tuple(i for i, e in enumerate(body.edges) if v in e.source))
+        for v, n in body.nodes.items()
+    }
+    return CompiledGraph(spec, nodes, order, edges, acyclic)
+
+
+def _build_edge(i: int, e, nodes: dict[str, NodeSpec]) -> Edge:
+    path = f"graph.edges[{i}]"
+    shapes = [tuple(nodes[s].shape) for s in e.source]
+    if len(shapes) > 1:
+        if e.combine == "concat":
+            ok = all(len(s) == len(shapes[0]) and s[1:] == shapes[0][1:] for s in shapes)
+            want = "shapes that agree except in their first dimension"
+        else:
+            ok = all(s == shapes[0] for s in shapes)
+            want = "equal shapes"
+        if not ok:
+            raise SpecError(f"combine: {e.combine} needs {want}, got {shapes} from {e.source}", f"{path}.from")
+    target = tuple(nodes[e.to].shape)
+    x = _combine(e.combine, [torch.zeros(2, *s) for s in shapes])
+    modules = []
+    for k, op in enumerate(e.fn):
+        op: Op
+        in_shape = tuple(x.shape[1:])
+        try:
+            m = op.build(in_shape, target)
+            with torch.no_grad():
+                x = m(x)
+        except (RuntimeError, ValueError, IndexError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise SpecError(f"op {op.kind!r} cannot take input of shape {list(in_shape)}: {first}",
+                            f"{path}.fn[{k}]") from None
+        modules.append(m)
+    if tuple(x.shape[1:]) != target:
+        raise SpecError(f"the pipeline outputs shape {list(x.shape[1:])} but target node "
+                        f"{e.to!r} has shape {list(target)}", f"{path}.fn")
+    return Edge(list(e.source), e.to, e.combine, modules)

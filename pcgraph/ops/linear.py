@@ -1,0 +1,46 @@
+"""Affine map ``mu = W x + b`` over the last dimension."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt
+from torch import nn
+
+from pcgraph.ops import Op, Shape, register_op
+
+_INITS = {
+    "xavier_uniform": nn.init.xavier_uniform_,
+    "xavier_normal": nn.init.xavier_normal_,
+    "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, nonlinearity="relu"),
+    "zeros": nn.init.zeros_,
+}
+
+
+@register_op
+class Linear(Op):
+    """Affine map W x + b on the last dimension; ``features`` defaults to the target's size."""
+
+    kind = "linear"
+    features: PositiveInt | None = Field(
+        None, description="Output size; default: the last dimension of the target node."
+    )
+    bias: bool = Field(True, description="Add a learnt bias b.")
+    init: Literal["torch", "xavier_uniform", "xavier_normal", "kaiming_uniform", "zeros"] = (
+        Field("torch", description="Weight initialisation (biases start at zero unless torch).")
+    )
+
+    @property
+    def has_params(self) -> bool:
+        return True
+
+    def build(self, in_shape: Shape, target_shape: Shape) -> nn.Module:
+        out = self.features or target_shape[-1]
+        layer = nn.Linear(in_shape[-1], out, bias=self.bias)
+        if self.init != "torch":
+            with torch.no_grad():
+                _INITS[self.init](layer.weight)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+        return layer

@@ -1,0 +1,82 @@
+"""Optimizers: the state optimizers of inference, and torch.optim for the parameters.
+
+State optimizers update per element, so a sample's trajectory never depends on the rest of the
+batch. They are small objects with ``init(xs) -> buffers`` and ``step(xs, grads, buffers)``,
+updating the states in place; a fresh set of buffers is made for every batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pcgraph import spec as S
+
+
+class StateSGD:
+    """v <- momentum v + g;  x <- x - lr v  (plain gradient descent when momentum = 0)."""
+
+    def __init__(self, lr: float = 0.1, momentum: float = 0.0):
+        self.lr, self.momentum = lr, momentum
+
+    def init(self, xs: list[Tensor]) -> list[Tensor]:
+        return [torch.zeros_like(x) for x in xs] if self.momentum else []
+
+    def step(self, xs: list[Tensor], grads: list[Tensor], buffers: list[Tensor]) -> None:
+        if self.momentum:
+            torch._foreach_mul_(buffers, self.momentum)
+            torch._foreach_add_(buffers, grads)
+            grads = buffers
+        torch._foreach_add_(xs, grads, alpha=-self.lr)
+
+
+class StateAdam:
+    """Adam with bias correction, per element."""
+
+    def __init__(self, lr: float = 0.01, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.lr, self.betas, self.eps = lr, betas, eps
+
+    def init(self, xs: list[Tensor]) -> list:
+        return [[torch.zeros_like(x) for x in xs], [torch.zeros_like(x) for x in xs], [0]]
+
+    def step(self, xs: list[Tensor], grads: list[Tensor], buffers: list) -> None:
+        m, v, t = buffers
+        t[0] += 1
+        b1, b2 = self.betas
+        torch._foreach_lerp_(m, grads, 1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, (1 - b2 ** t[0]) ** 0.5)
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(xs, m, denom, value=-self.lr / (1 - b1 ** t[0]))
+
+
+def state_optimizer(spec: S.SGD | S.Adam | S.Euler) -> StateSGD | StateAdam:
+    """The state optimizer a spec names. Euler (eq. 35) is gradient descent with step alpha dt."""
+    if isinstance(spec, S.Adam):
+        return StateAdam(spec.lr, spec.betas, spec.eps)
+    if isinstance(spec, S.Euler):
+        return StateSGD(spec.alpha * spec.dt)
+    return StateSGD(spec.lr, spec.momentum)
+
+
+def weight_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The torch.optim class called ``name`` (case-insensitive); ValueError naming the known ones."""
+    known = {
+        k.lower(): v
+        for k, v in vars(torch.optim).items()
+        if isinstance(v, type) and issubclass(v, torch.optim.Optimizer) and v is not torch.optim.Optimizer
+    }
+    if name.lower() not in known:
+        raise ValueError(f"unknown torch.optim optimizer {name!r} (known: {', '.join(sorted(known))})")
+    return known[name.lower()]
+
+
+def weight_optimizer(spec: S.WeightOptimizerSpec, params) -> torch.optim.Optimizer:
+    """Build the spec's torch.optim optimizer over ``params``."""
+    cls = weight_optimizer_class(spec.kind)
+    try:
+        return cls(params, lr=spec.lr, weight_decay=spec.weight_decay, **spec.options)
+    except TypeError as err:
+        raise S.SpecError(f"{cls.__name__} rejected these options: {err}", "learning.optimizer.options") from None

@@ -1,0 +1,354 @@
+"""The spec: a strict pydantic description of a PC graph and how to run it.
+
+A :class:`GraphSpec` is what a YAML file (or the :class:`pcgraph.Graph` builder) produces and what
+:func:`pcgraph.compile` consumes. Every model forbids unknown fields; unions carry a ``kind`` tag
+so an error points at one variant. :func:`load_spec` reads YAML with a safe loader that also
+rejects duplicate keys, and turns pydantic's errors into one :class:`SpecError` whose lines are
+``yaml.path: what was expected, what came``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    WithJsonSchema,
+    field_serializer,
+    field_validator,
+    model_serializer,
+)
+from pydantic_core import PydanticCustomError
+
+from pcgraph.errors import SpecError, format_path
+from pcgraph.ops import Op, op_json_schema, parse_op
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _tagged(value: Any) -> Any:
+    """Let a bare string stand for a variant with default arguments: ``sgd`` -> ``{kind: sgd}``."""
+    return {"kind": value} if isinstance(value, str) else value
+
+
+class _Tagged(_Strict):
+    """A union variant: always written with its ``kind``, as a bare name when nothing else is set."""
+
+    @model_serializer(mode="wrap")
+    def _with_kind(self, handler: Any) -> Any:
+        args = {k: v for k, v in handler(self).items() if k != "kind"}
+        return {"kind": self.kind, **args} if args else self.kind
+
+
+# --- node energies -------------------------------------------------------------------------
+
+
+class Gaussian(_Tagged):
+    """e = 1/2 pi ||x - mu||^2 (eq. 27 with Sigma = I / pi)."""
+
+    kind: Literal["gaussian"] = "gaussian"
+    precision: PositiveFloat = Field(1.0, description="Fixed scalar precision pi = 1 / variance.")
+
+
+class Categorical(_Tagged):
+    """e = KL(x || softmax(mu)): softmax cross-entropy for one-hot x; mu are logits."""
+
+    kind: Literal["categorical"] = "categorical"
+
+
+EnergySpec = Annotated[
+    Union[Gaussian, Categorical], Field(discriminator="kind"), BeforeValidator(_tagged)
+]
+
+
+class Prior(_Strict):
+    """Gaussian prior N(mean, 1 / precision) on a node without incoming edges."""
+
+    mean: float = Field(0.0, description="Prior mean (every element).")
+    precision: PositiveFloat = Field(1.0, description="Prior precision.")
+
+
+class NodeSpec(_Strict):
+    """A value node x_v: a tensor of per-sample shape ``shape``."""
+
+    shape: tuple[PositiveInt, ...] = Field(description="Per-sample shape, e.g. [784] or [3, 32, 32].")
+    role: Literal["observed", "latent"] = Field(
+        "latent", description="observed: data is fed to it; latent: always inferred."
+    )
+    energy: EnergySpec = Field(
+        default_factory=Gaussian, description="Energy of this node's prediction error."
+    )
+    prior: Prior | None = Field(None, description="Prior for a node with no incoming edge.")
+
+    @field_validator("shape", mode="before")
+    @classmethod
+    def _int_shape(cls, v: Any) -> Any:
+        return [v] if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+def _op_list(value: Any) -> list[Op]:
+    items = [value] if isinstance(value, (str, dict)) else value
+    if not isinstance(items, list):
+        raise PydanticCustomError("op_list", "expected a list of ops, got {got}", {"got": repr(value)})
+    ops = []
+    for i, item in enumerate(items):
+        try:
+            ops.append(parse_op(item))
+        except ValidationError as err:  # bad arguments of a known op: keep the sub-path
+            e = err.errors()[0]
+            sub = format_path((i, *e["loc"]))
+            raise PydanticCustomError("op_args", "{sub}: {msg}", {"sub": sub, "msg": _msg(e)}) from None
+        except ValueError as err:
+            raise PydanticCustomError("op_args", "{sub}: {msg}", {"sub": f"[{i}]", "msg": str(err)}) from None
+    return ops
+
+
+OpList = Annotated[
+    list[Any],
+    BeforeValidator(_op_list),
+    WithJsonSchema({"type": "array", "items": op_json_schema()}),
+]
+
+
+class EdgeSpec(_Strict):
+    """mu_to += fn(combine(x_from...)): one parametrised prediction into ``to``."""
+
+    source: list[str] = Field(alias="from", description="Source node(s); several are combined.")
+    to: str = Field(description="Target node: the node this edge predicts.")
+    fn: OpList = Field(
+        default_factory=lambda: [parse_op("identity")],
+        description="Pipeline of ops, e.g. [linear, leaky_relu]; items are names or {kind: ...}.",
+    )
+    combine: Literal["concat", "add", "mul"] = Field(
+        "concat", description="How several sources join: concat (dim 1), add or mul."
+    )
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _one_source(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_serializer("source")
+    def _short_source(self, v: list[str]) -> str | list[str]:
+        return v[0] if len(v) == 1 else v
+
+
+class GraphBody(_Strict):
+    nodes: dict[str, NodeSpec] = Field(description="Value nodes by name.")
+    edges: list[EdgeSpec] = Field(default_factory=list, description="Prediction edges.")
+
+
+# --- inference -------------------------------------------------------------------------------
+
+
+class SGD(_Tagged):
+    """x <- x - lr * v, v <- momentum * v + dE/dx."""
+
+    kind: Literal["sgd"] = "sgd"
+    lr: PositiveFloat = Field(0.1, description="State step size.")
+    momentum: float = Field(0.0, ge=0, lt=1, description="Heavy-ball momentum.")
+
+
+class Adam(_Tagged):
+    """Adam on the states (per element, so per sample)."""
+
+    kind: Literal["adam"] = "adam"
+    lr: PositiveFloat = Field(0.01, description="State step size.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Moment decay rates.")
+    eps: PositiveFloat = Field(1e-8, description="Denominator offset.")
+
+
+class Euler(_Tagged):
+    """Explicit Euler on dx/dt = -alpha dE/dx (eq. 35): x <- x - alpha * dt * dE/dx."""
+
+    kind: Literal["euler"] = "euler"
+    alpha: PositiveFloat = Field(0.1, description="Rate alpha.")
+    dt: PositiveFloat = Field(1.0, description="Time step.")
+
+
+StateOptimizerSpec = Annotated[
+    Union[SGD, Adam, Euler], Field(discriminator="kind"), BeforeValidator(_tagged)
+]
+
+
+class InferenceSpec(_Strict):
+    """State relaxation (eqs. 34-35)."""
+
+    steps: PositiveInt = Field(20, description="Maximum number of inference steps T.")
+    init: Literal["forward", "zeros", "prior"] = Field(
+        "forward", description="State initialisation: feedforward pass, zeros, or prior mean."
+    )
+    optimizer: StateOptimizerSpec = Field(default_factory=SGD, description="State optimizer.")
+    tol: PositiveFloat | None = Field(
+        None, description="Stop early when every sample's state-gradient norm is below tol."
+    )
+    check_every: PositiveInt = Field(4, description="Steps between tolerance checks.")
+
+
+# --- learning ----------------------------------------------------------------------------------
+
+
+class WeightOptimizerSpec(_Strict):
+    """A torch.optim optimizer for the parameters."""
+
+    kind: str = Field("adam", description="torch.optim class name, case-insensitive (adam, sgd, adamw...).")
+    lr: PositiveFloat = Field(1e-3, description="Learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Further keyword arguments (momentum, betas, ...)."
+    )
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from pcgraph.optim import weight_optimizer_class
+
+        weight_optimizer_class(v)  # raises ValueError naming the known ones
+        return v
+
+
+class LearningSpec(_Strict):
+    """Parameter learning (eqs. 38-39)."""
+
+    optimizer: WeightOptimizerSpec = Field(default_factory=WeightOptimizerSpec)
+    variant: Literal["standard", "incremental"] = Field(
+        "standard",
+        description="standard: relax T steps then one parameter step; incremental (iPC): a "
+        "parameter step after every inference step.",
+    )
+
+
+# --- data and training ----------------------------------------------------------------------
+
+
+class DataSpec(_Strict):
+    dataset: Literal["digits", "mnist", "fashion_mnist"] = Field(
+        description="digits: scikit-learn's embedded 8x8 digits; mnist, fashion_mnist: 28x28."
+    )
+    input: str = Field("image", description="Node the images are clamped to.")
+    target: str | None = Field("label", description="Node the one-hot labels are clamped to.")
+    batch_size: PositiveInt = Field(128, description="Training batch size.")
+    test_batch_size: PositiveInt = Field(1000, description="Evaluation batch size.")
+    normalize: Literal["unit", "center"] = Field(
+        "center", description="unit: pixels in [0, 1]; center: (x - 0.5) / 0.5 in [-1, 1]."
+    )
+
+
+class TrainSpec(_Strict):
+    epochs: PositiveInt = Field(10, description="Passes over the training set.")
+    seed: int = Field(0, description="Seed for parameters and shuffling (CPU runs repeat bit for bit).")
+    eval: Literal["feedforward", "inference"] = Field(
+        "feedforward",
+        description="Test prediction: a feedforward pass, or inference with only the input clamped.",
+    )
+
+
+class GraphSpec(_Strict):
+    """A whole pcgraph spec: the graph and how to infer, learn, load data and train."""
+
+    name: str = Field(description="Name of the model.")
+    description: str = Field("", description="Free text.")
+    graph: GraphBody
+    inference: InferenceSpec = Field(default_factory=InferenceSpec)
+    learning: LearningSpec = Field(default_factory=LearningSpec)
+    data: DataSpec | None = Field(None, description="Data set; needed by `pcgraph train`.")
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+    def to_yaml(self) -> str:
+        """The spec as YAML text; :func:`spec_from_yaml` reads it back to an equal spec."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses duplicate mapping keys instead of keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _msg(e: dict) -> str:
+    """One pydantic error as 'what was expected, got what came'."""
+    if e["type"] == "op_args":
+        return e["ctx"]["msg"]
+    if e["type"] == "extra_forbidden":
+        return "unknown field (not part of the spec format; see `pcgraph schema`)"
+    if e["type"] == "missing":
+        return "required field is missing"
+    if e["type"] == "value_error":
+        return e["msg"].removeprefix("Value error, ")
+    got = e.get("input")
+    text = e["msg"][0].lower() + e["msg"][1:]
+    if isinstance(got, (dict, list)) or got is None:
+        return text
+    return f"{text}, got {got!r}"
+
+
+def _path(e: dict) -> str:
+    loc = ["from" if part == "source" else part for part in e["loc"]]
+    # drop pydantic's union-member tags: ('inference', 'optimizer', 'sgd', 'lr') -> inference.optimizer.lr
+    loc = [p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] in ("optimizer", "energy") and p in ("sgd", "adam", "euler", "gaussian", "categorical"))]
+    path = format_path(tuple(loc))
+    if e["type"] == "op_args":
+        path += e["ctx"]["sub"]
+    return path
+
+
+def spec_from_dict(data: Any) -> GraphSpec:
+    """Validate a plain mapping into a :class:`GraphSpec`; raises :class:`SpecError`."""
+    if not isinstance(data, dict):
+        raise SpecError(f"expected a mapping at the top of the spec, got {type(data).__name__}")
+    try:
+        return GraphSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError([(_path(e), _msg(e)) for e in err.errors()]) from None
+
+
+def spec_from_yaml(text: str) -> GraphSpec:
+    """Parse YAML text (safe loader, duplicate keys refused) into a :class:`GraphSpec`."""
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError(f"invalid YAML: {where}{problem}") from None
+    return spec_from_dict(data)
+
+
+def load_spec(path: str | Path) -> GraphSpec:
+    """Read a spec file. Raises :class:`SpecError` (with the file name) if it is unreadable or invalid."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"cannot read spec file {str(path)!r}: {getattr(err, 'strerror', None) or err}") from None
+    return spec_from_yaml(text)
+
+
+def json_schema() -> dict:
+    """The JSON Schema of the spec format (for editors' YAML autocompletion)."""
+    schema = GraphSpec.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

@@ -14,22 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from pcgraph import energy as E
+from pcgraph._impl.local import combine, edge_forward
 from pcgraph.errors import SpecError
 from pcgraph.ops import Op, Shape
 from pcgraph.spec import Categorical, GraphSpec, NodeSpec
 
 States = dict[str, Tensor]
-
-
-def _combine(mode: str, xs: list[Tensor]) -> Tensor:
-    if len(xs) == 1:
-        return xs[0]
-    if mode == "concat":
-        return torch.cat(xs, dim=1)
-    out = xs[0]
-    for x in xs[1:]:
-        out = out + x if mode == "add" else out * x
-    return out
 
 
 class Edge(nn.Module):
@@ -41,7 +31,7 @@ class Edge(nn.Module):
         self.pipeline = nn.Sequential(*pipeline)
 
     def forward(self, states: States) -> Tensor:
-        return self.pipeline(_combine(self.combine, [states[s] for s in self.sources]))
+        return edge_forward(self, states)[0]
 
     def extra_repr(self) -> str:
         return f"{'+'.join(self.sources)} -> {self.target}"
@@ -116,8 +106,9 @@ class CompiledGraph(nn.Module):
         their prior mean (or zeros)."""
         return self.feedforward(batch)[0]
 
-    def feedforward(self, batch: States, keep: frozenset[int] = frozenset()) -> tuple[States, dict[int, Tensor]]:
-        """:meth:`forward`, also returning the outputs of the edges listed in ``keep``."""
+    def feedforward(self, batch: States, keep: frozenset[int] = frozenset()) -> tuple[States, dict]:
+        """:meth:`forward`, also returning ``{edge index: (output, tape)}`` for the edges in ``keep``
+        (the tape is what :mod:`pcgraph._impl.local` needs to differentiate the edge later)."""
         if not self.acyclic:
             raise SpecError("a feedforward pass needs an acyclic graph; use init: zeros or prior", "inference.init")
         ref = next(iter(batch.values()))
@@ -131,9 +122,9 @@ class CompiledGraph(nn.Module):
                 continue
             mu = None
             for i in n.incoming:
-                y = self.edges[i](states)
+                y, tape = edge_forward(self.edges[i], states)
                 if i in keep:
-                    kept[i] = y
+                    kept[i] = (y, tape)
                 mu = y if mu is None else mu + y
             states[v] = E.mean(n.spec.energy, mu)
         return states, kept
@@ -250,7 +241,7 @@ def _build_edge(i: int, e, nodes: dict[str, NodeSpec]) -> Edge:
         if not ok:
             raise SpecError(f"combine: {e.combine} needs {want}, got {shapes} from {e.source}", f"{path}.from")
     target = tuple(nodes[e.to].shape)
-    x = _combine(e.combine, [torch.zeros(2, *s) for s in shapes])
+    x = combine(e.combine, [torch.zeros(2, *s) for s in shapes])
     modules = []
     for k, op in enumerate(e.fn):
         op: Op

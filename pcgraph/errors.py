@@ -43,3 +43,7 @@ def format_path(loc: tuple) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+class PCGraphWarning(UserWarning):
+    """Warnings pcgraph itself issues (the test suite turns them into errors)."""

@@ -7,6 +7,8 @@ updating the states in place; a fresh set of buffers is made for every batch.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor
 
@@ -76,7 +78,13 @@ def weight_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
 def weight_optimizer(spec: S.WeightOptimizerSpec, params) -> torch.optim.Optimizer:
     """Build the spec's torch.optim optimizer over ``params``."""
     cls = weight_optimizer_class(spec.kind)
+    options = dict(spec.options)
+    accepts = inspect.signature(cls).parameters
+    if "fused" in accepts and not {"fused", "foreach"} & set(options):
+        options["fused"] = True  # one fused kernel per step; the CPU default is a Python loop
+    elif "foreach" in accepts and not {"fused", "foreach"} & set(options):
+        options["foreach"] = True
     try:
-        return cls(params, lr=spec.lr, weight_decay=spec.weight_decay, **spec.options)
+        return cls(params, lr=spec.lr, weight_decay=spec.weight_decay, **options)
     except TypeError as err:
         raise S.SpecError(f"{cls.__name__} rejected these options: {err}", "learning.optimizer.options") from None

@@ -9,8 +9,11 @@ The clamp set is known before inference starts, so :class:`_Plan` splits the wor
 - an edge whose sources are all clamped predicts a constant: computed once per batch;
 - a free node with no outgoing edge sits at its optimum (x = mean(mu), energy 0, no gradient to its
   parents), so it is set once after relaxation instead of being relaxed;
-- only the energy terms that depend on a relaxed state are evaluated inside the loop, and
-  autograd differentiates them with respect to the states only.
+- only the energy terms that depend on a relaxed state are evaluated inside the loop.
+Gradients come from the closed-form local rules of :mod:`pcgraph._impl.local` when every op has
+one, else from autograd (``torch.autograd.grad`` on the states only); the two agree (tested).
+In standard PC the last energy evaluation also yields the parameter gradients, so learning costs
+one extra pass of weight-gradient products and nothing else.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from torch import Tensor
 
 from pcgraph import energy as E
+from pcgraph._impl import local
 from pcgraph.compile import CompiledGraph, States
 from pcgraph.errors import DivergenceError
 from pcgraph.optim import StateAdam, StateSGD, state_optimizer
@@ -30,12 +34,13 @@ from pcgraph.spec import SGD, GraphSpec
 @dataclass
 class Relaxation:
     """What inference returns: relaxed ``states`` (every node, detached), the total ``energy``
-    before each step and after the last one (shape (steps + 1,)), and the number of ``steps`` run."""
+    before each step and after the last one (shape (steps + 1,)), the number of ``steps`` run,
+    and (forward init only) the feedforward prediction of each clamped leaf in ``predicted``."""
 
     states: States
     energy: Tensor
     steps: int
-    predicted: States  # forward init only: the feedforward prediction of each clamped leaf
+    predicted: States
 
 
 class _Plan:
@@ -48,16 +53,270 @@ class _Plan:
         self.relaxed = [v for v in free if v not in self.leaves]
         relaxed = set(self.relaxed)
         self.const_edges = frozenset(
-            i for i, e in enumerate(graph.edges) if all(s in clamped for s in e.sources)
-        )
-        self.terms = [
-            v for v in graph.order
-            if nodes[v].has_energy and v not in self.leaves
-            and (v in relaxed or any(s in relaxed for i in nodes[v].incoming for s in graph.edges[i].sources))
-        ]
-        self.fixed_terms = [
-            v for v in graph.order if nodes[v].has_energy and v not in self.leaves and v not in self.terms
-        ]
+            i for i, e in enumerate(graph.edges) if all(s in clamped for s in e.sources))
+        energetic = [v for v in graph.order if nodes[v].has_energy and v not in self.leaves]
+        self.terms = [v for v in energetic if v in relaxed or any(
+            s in relaxed for i in nodes[v].incoming for s in graph.edges[i].sources)]
+        self.fixed_terms = [v for v in energetic if v not in self.terms]
+
+
+class Solver:
+    """Inference and learning settings, with defaults.
+
+    Args:
+        steps: maximum number of inference steps T.
+        optimizer: state optimizer (:class:`~pcgraph.optim.StateSGD` or ``StateAdam``).
+        init: ``forward`` (feedforward pass), ``zeros`` or ``prior`` (prior mean, else zeros).
+        tol: stop when every sample's state-gradient norm is below ``tol`` (checked every
+            ``check_every`` steps, the only host sync of the loop).
+        variant: ``standard`` (relax, then one parameter step) or ``incremental`` (iPC: a
+            parameter step after every inference step).
+        local_rules: use the closed-form local rules when the graph's ops allow (default), or
+            always autograd (``False``).
+        compile: ``torch.compile`` the fixed-step loop (local rules, no ``tol``, standard PC):
+            a one-time compile per batch size, then less Python overhead per batch.
+    """
+
+    def __init__(self, steps: int = 20, optimizer: StateSGD | StateAdam | None = None, init: str = "forward",
+                 tol: float | None = None, check_every: int = 4, variant: str = "standard",
+                 local_rules: bool = True, compile: bool = False):
+        if init not in ("forward", "zeros", "prior"):
+            raise ValueError(f"init must be forward, zeros or prior, got {init!r}")
+        if variant not in ("standard", "incremental"):
+            raise ValueError(f"variant must be standard or incremental, got {variant!r}")
+        self.steps, self.init, self.tol, self.check_every = steps, init, tol, check_every
+        self.variant, self.local_rules, self.compile = variant, local_rules, compile
+        self._cache: dict = {}
+        self.optimizer = optimizer or state_optimizer(SGD())
+
+    @classmethod
+    def from_spec(cls, spec: GraphSpec, **overrides) -> Solver:
+        inf = spec.inference
+        kwargs = dict(steps=inf.steps, optimizer=state_optimizer(inf.optimizer), init=inf.init, tol=inf.tol,
+                      check_every=inf.check_every, variant=spec.learning.variant,
+                      compile=inf.compile)
+        return cls(**{**kwargs, **overrides})
+
+    # --- the public calls --------------------------------------------------------------------
+
+    def relax(self, graph: CompiledGraph, batch: States, init: States | None = None,
+              weight_optimizer: torch.optim.Optimizer | None = None) -> Relaxation:
+        """Infer every node not in ``batch``; ``init`` optionally gives starting states (warm
+        start). With ``weight_optimizer`` the parameters learn too: after relaxation (standard)
+        or after every step (incremental)."""
+        b = _check_batch(graph, batch)
+        plan = _Plan(graph, set(batch))
+        use_local = self.local_rules and local.supported(graph)
+        incremental = weight_optimizer is not None and self.variant == "incremental"
+        with torch.no_grad():
+            states, const, predicted = self._initial_states(graph, batch, plan, init)
+            fixed = sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), torch.zeros(()))
+        grads_fn = _local_grads if use_local else _autograd_grads
+        params = [p for p in graph.parameters() if p.requires_grad]
+        learn_now = weight_optimizer is not None and not incremental
+        if incremental or self.tol is not None:
+            trace, gp, steps = self._stepwise(graph, plan, states, const, grads_fn, params, weight_optimizer, b)
+        else:  # fixed T and no host sync: one function, compiled when asked for
+            loop = self._compiled(graph, plan, b) if (self.compile and use_local) else _fixed_loop
+            trace, gp = loop(grads_fn, self.optimizer, graph, plan, states, const, self.steps, learn_now, params)
+            steps = self.steps if plan.relaxed else 0
+        energy = torch.stack(trace) + fixed
+        if not bool(torch.isfinite(energy).all()):
+            raise _divergence(graph, states, energy, "inference", self.optimizer)
+        if learn_now:
+            _param_step(weight_optimizer, gp)
+        with torch.no_grad():
+            for v in plan.leaves:
+                states[v] = E.mean(graph.nodes[v].spec.energy, graph.prediction(states, v))
+        return Relaxation(states, energy, steps, predicted)
+
+    def _stepwise(self, graph, plan, states, const, grads_fn, params, weight_optimizer, b):
+        """The loop with a tolerance stop and/or incremental parameter steps (eager only)."""
+        incremental = weight_optimizer is not None and self.variant == "incremental"
+        xs = [states[v] for v in plan.relaxed]
+        buffers = self.optimizer.init(xs)
+        trace, steps = [], 0
+        for _ in range(self.steps if xs else 0):
+            e, gx, gp = grads_fn(graph, plan, states, const, plan.terms, incremental, params)
+            trace.append(e)
+            if incremental:  # parameters change every step: recompute constant edges next time
+                _param_step(weight_optimizer, gp)
+                with torch.no_grad():
+                    const = _constant_edges(graph, plan, states)
+            with torch.no_grad():
+                self.optimizer.step(xs, [gx[v] for v in plan.relaxed], buffers)
+            steps += 1
+            if self.tol is not None and steps % self.check_every == 0 and self._converged(gx, plan, b):
+                break
+        learn = weight_optimizer is not None and not incremental
+        trace, gp = _finish(grads_fn, graph, plan, states, const, learn, params, trace)
+        return trace, gp, steps
+
+    def _compiled(self, graph: CompiledGraph, plan: _Plan, b: int):
+        """torch.compile of :func:`_fixed_loop`, one per (graph, clamp set, batch size)."""
+        key = (id(graph), tuple(plan.relaxed), b)
+        if key not in self._cache:
+            self._cache[key] = torch.compile(_fixed_loop, dynamic=False)
+        return self._cache[key]
+
+    def step(self, graph: CompiledGraph, batch: States, optimizer: torch.optim.Optimizer) -> Relaxation:
+        """One PC update on ``batch`` (relax and learn, per ``variant``); returns the relaxation."""
+        return self.relax(graph, batch, weight_optimizer=optimizer)
+
+    def learn(self, graph: CompiledGraph, relaxation: Relaxation, optimizer: torch.optim.Optimizer) -> Tensor:
+        """One parameter step on dE/dtheta at given relaxed states (eqs. 38-39), batch-averaged,
+        by autograd on :meth:`CompiledGraph.energy`. Returns the batch-mean energy."""
+        states = {v: x.detach() for v, x in relaxation.states.items()}
+        b = next(iter(states.values())).shape[0]
+        optimizer.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = graph.energy(states) / b
+        if not bool(torch.isfinite(loss)):
+            raise _divergence(graph, states, loss.detach().reshape(1), "learning", self.optimizer)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    # --- pieces ------------------------------------------------------------------------------
+
+    def _initial_states(self, graph: CompiledGraph, batch: States, plan: _Plan, init: States | None):
+        predicted: States = {}
+        if self.init == "forward" and init is None:
+            # clamped leaves are left out of the pass so it predicts them too (one edge each)
+            out = {v for v in batch if graph.nodes[v].incoming and not graph.nodes[v].outgoing}
+            out = out if len(out) < len(batch) else set()
+            states, kept = graph.feedforward({v: x for v, x in batch.items() if v not in out}, plan.const_edges)
+            predicted = {v: states[v] for v in out}
+            states.update(batch)
+            const = _sum_constants(graph, kept)
+        else:
+            states = dict(batch)
+            ref = next(iter(batch.values()))
+            for v in plan.relaxed:
+                states[v] = init[v] if init is not None else graph.root_value(v, ref, self.init == "prior")
+            const = _constant_edges(graph, plan, states)
+        states = {v: x.detach().clone() if v in plan.relaxed else x for v, x in states.items()}
+        return states, const, predicted
+
+    def _converged(self, gx: States, plan: _Plan, b: int) -> bool:
+        sq = sum(gx[v].reshape(b, -1).square().sum(1) for v in plan.relaxed)
+        return bool(sq.max() <= self.tol**2)
+
+
+def _fixed_loop(grads_fn, optimizer, graph, plan, states, const, steps, learn, params):
+    """T inference steps with no host sync, then the energy (and, when ``learn``, the parameter
+    gradients) at the relaxed states. Returns (energy trace, parameter gradients or None)."""
+    xs = [states[v] for v in plan.relaxed]
+    buffers = optimizer.init(xs)
+    trace = []
+    for _ in range(steps if xs else 0):
+        e, gx, _ = grads_fn(graph, plan, states, const, plan.terms, False, params)
+        trace.append(e)
+        with torch.no_grad():
+            optimizer.step(xs, [gx[v] for v in plan.relaxed], buffers)
+    return _finish(grads_fn, graph, plan, states, const, learn, params, trace)
+
+
+def _finish(grads_fn, graph, plan, states, const, learn, params, trace):
+    """Append the energy at the relaxed states to ``trace``; when ``learn``, the same pass gives
+    the parameter gradients (over every energy term, the fixed ones included)."""
+    terms = plan.terms + plan.fixed_terms if learn else plan.terms
+    e, _, gp = grads_fn(graph, plan, states, const, terms, learn, params, need_states=False)
+    if learn:  # the trace counts fixed terms separately
+        e = e - sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), torch.zeros(()))
+    return [*trace, e.detach()], gp
+
+
+# --- gradient routes: closed-form local rules, or autograd --------------------------------------
+
+
+def _constant_edges(graph: CompiledGraph, plan: _Plan, states: States) -> dict:
+    return _sum_constants(graph, {i: local.edge_forward(graph.edges[i], states) for i in plan.const_edges})
+
+
+def _sum_constants(graph: CompiledGraph, kept: dict) -> dict:
+    """{edge: (output, tape)} -> {"mu": {node: summed constant prediction}, "tapes": kept}."""
+    mu: States = {}
+    for i, (y, _) in kept.items():
+        t = graph.edges[i].target
+        mu[t] = y if t not in mu else mu[t] + y
+    return {"mu": mu, "tapes": kept}
+
+
+def _local_grads(graph, plan, states, const, terms, want_params, params, need_states=True):
+    """(E, {node: dE/dx}, {param: batch mean of dE/dtheta} or None) from the closed-form rules."""
+    relaxed = set(plan.relaxed) if need_states else set()
+    gx: States = {}
+    gp: dict | None = {} if want_params else None
+    total = torch.zeros(())
+    with torch.no_grad():
+        for v in terms:
+            x, spec = states[v], graph.nodes[v].spec
+            if not graph.nodes[v].incoming:  # prior term
+                eps = spec.prior.precision * (x - spec.prior.mean)
+                total = total + 0.5 * torch.dot(eps.reshape(-1), (x - spec.prior.mean).reshape(-1))
+                if v in relaxed:
+                    _add(gx, v, eps)
+                continue
+            mu, tapes = const["mu"].get(v), []
+            for i in graph.nodes[v].incoming:
+                if i in plan.const_edges:
+                    if want_params:
+                        tapes.append((i, const["tapes"][i][1]))
+                    continue
+                y, tape = local.edge_forward(graph.edges[i], states)
+                mu = y if mu is None else mu + y
+                tapes.append((i, tape))
+            e, d_x, d_mu = local.node_terms(spec.energy, x, mu)
+            total = total + e
+            if want_params and not relaxed:  # pre-scale so parameter gradients are batch means
+                d_mu = d_mu / x.shape[0]
+            if v in relaxed:
+                _add(gx, v, d_x)
+            for i, tape in tapes:
+                edge = graph.edges[i]
+                need = any(s in relaxed for s in edge.sources)
+                g_src = local.edge_backward(edge, tape, d_mu, gp, need_inputs=need)
+                for s, g in zip(edge.sources, g_src or []):
+                    if s in relaxed:
+                        _add(gx, s, g)
+        if gp is not None and relaxed:
+            gp = {p: g / states[plan.relaxed[0]].shape[0] for p, g in gp.items()}
+    return total, gx, gp
+
+
+def _add(grads: States, v: str, g: Tensor) -> None:
+    grads[v] = grads[v] + g if v in grads else g
+
+
+def _autograd_grads(graph, plan, states, const, terms, want_params, params, need_states=True):
+    """The same as :func:`_local_grads` by ``torch.autograd.grad`` (the reference route)."""
+    xs = [states[v].requires_grad_() for v in plan.relaxed] if need_states else []
+    wrt = xs + (params if want_params else [])
+    with torch.enable_grad():
+        total = torch.zeros(())
+        for v in terms:
+            mu = const["mu"].get(v) if not want_params else None
+            for i in graph.nodes[v].incoming:
+                if mu is None or i not in plan.const_edges:
+                    y = graph.edges[i](states)
+                    mu = y if mu is None else mu + y
+            total = total + graph.node_energy(states, v, mu).sum()
+        grads = torch.autograd.grad(total, wrt, allow_unused=True) if wrt else []
+    for x in xs:
+        x.requires_grad_(False)
+    gx = dict(zip(plan.relaxed, grads[: len(xs)]))
+    b = next(iter(states.values())).shape[0]
+    gp = {p: g / b for p, g in zip(params, grads[len(xs):]) if g is not None} if want_params else None
+    return total.detach(), gx, gp
+
+
+def _param_step(opt: torch.optim.Optimizer, grads: dict) -> None:
+    """Install the (batch-mean) gradients and step the weight optimizer."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            p.grad = grads.get(p)
+    opt.step()
 
 
 def _check_batch(graph: CompiledGraph, batch: States) -> int:
@@ -76,147 +335,6 @@ def _check_batch(graph: CompiledGraph, batch: States) -> int:
     return sizes.pop()
 
 
-class Solver:
-    """Inference and learning settings, with defaults.
-
-    Args:
-        steps: maximum number of inference steps T.
-        optimizer: state optimizer (:class:`~pcgraph.optim.StateSGD` or ``StateAdam``).
-        init: ``forward`` (feedforward pass), ``zeros`` or ``prior`` (prior mean, else zeros).
-        tol: stop when every sample's state-gradient norm is below ``tol`` (checked every
-            ``check_every`` steps, the only host sync of the loop).
-        variant: ``standard`` (relax, then one parameter step) or ``incremental`` (iPC: a
-            parameter step after every inference step).
-    """
-
-    def __init__(self, steps: int = 20, optimizer: StateSGD | StateAdam | None = None, init: str = "forward",
-                 tol: float | None = None, check_every: int = 4, variant: str = "standard"):
-        if init not in ("forward", "zeros", "prior"):
-            raise ValueError(f"init must be forward, zeros or prior, got {init!r}")
-        if variant not in ("standard", "incremental"):
-            raise ValueError(f"variant must be standard or incremental, got {variant!r}")
-        self.steps, self.init, self.tol, self.check_every, self.variant = steps, init, tol, check_every, variant
-        self.optimizer = optimizer or state_optimizer(SGD())
-
-    @classmethod
-    def from_spec(cls, spec: GraphSpec) -> Solver:
-        inf = spec.inference
-        return cls(inf.steps, state_optimizer(inf.optimizer), inf.init, inf.tol, inf.check_every,
-                   spec.learning.variant)
-
-    # --- inference ------------------------------------------------------------------------
-
-    def relax(self, graph: CompiledGraph, batch: States, init: States | None = None,
-              weight_optimizer: torch.optim.Optimizer | None = None) -> Relaxation:
-        """Infer every node not in ``batch``. ``init`` optionally gives starting states (warm
-        start). With ``weight_optimizer`` and the incremental variant, parameters step too."""
-        b = _check_batch(graph, batch)
-        plan = _Plan(graph, set(batch))
-        incremental = weight_optimizer is not None and self.variant == "incremental"
-        with torch.no_grad():
-            states, const_mu, predicted = self._initial_states(graph, batch, plan, init)
-            fixed = sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), torch.zeros(()))
-        if incremental:
-            const_mu = {}  # parameters change every step: nothing is constant
-        xs = [states[v].requires_grad_() for v in plan.relaxed]
-        params = [p for p in graph.parameters() if p.requires_grad] if incremental else []
-        buffers = self.optimizer.init(xs)
-        trace, steps = [], 0
-        for _ in range(self.steps if xs else 0):
-            with torch.enable_grad():
-                e = self._loop_energy(graph, states, plan, const_mu)
-                grads = torch.autograd.grad(e, xs + params, allow_unused=True)
-            trace.append(e.detach())
-            if incremental:
-                self._param_step(weight_optimizer, params, grads[len(xs):], b)
-            with torch.no_grad():
-                self.optimizer.step(xs, list(grads[: len(xs)]), buffers)
-            steps += 1
-            if self.tol is not None and steps % self.check_every == 0 and self._converged(grads[: len(xs)], b):
-                break
-        with torch.no_grad():
-            for x in xs:
-                x.requires_grad_(False)
-            trace.append(self._loop_energy(graph, states, plan, const_mu))
-            for v in plan.leaves:
-                states[v] = E.mean(graph.nodes[v].spec.energy, graph.prediction(states, v))
-        energy = torch.stack(trace) + fixed
-        if not bool(torch.isfinite(energy).all()):
-            raise _divergence(graph, states, energy, "inference", self.optimizer)
-        return Relaxation(states, energy, steps, predicted)
-
-    def _initial_states(self, graph, batch, plan, init):
-        const_mu: dict[str, Tensor] = {}
-        predicted: States = {}
-        if self.init == "forward" and init is None:
-            # clamped leaves are left out of the pass so it predicts them too (one edge each)
-            out = {v for v in batch if graph.nodes[v].incoming and not graph.nodes[v].outgoing}
-            out = out if len(out) < len(batch) else set()
-            states, kept = graph.feedforward({v: x for v, x in batch.items() if v not in out}, plan.const_edges)
-            predicted = {v: states[v] for v in out}
-            states.update(batch)
-        else:
-            states = dict(batch)
-            ref = next(iter(batch.values()))
-            for v in plan.relaxed:
-                states[v] = init[v] if init is not None else graph.root_value(v, ref, self.init == "prior")
-            kept = {i: graph.edges[i](states) for i in plan.const_edges}
-        for i, y in kept.items():
-            t = graph.edges[i].target
-            const_mu[t] = y if t not in const_mu else const_mu[t] + y
-        states = {v: x.detach().clone() if v in plan.relaxed else x for v, x in states.items()}
-        return states, const_mu, predicted
-
-    @staticmethod
-    def _loop_energy(graph: CompiledGraph, states: States, plan: _Plan, const_mu: States) -> Tensor:
-        total = torch.zeros(())
-        for v in plan.terms:
-            mu = const_mu.get(v)
-            for i in graph.nodes[v].incoming:
-                if i not in plan.const_edges or v not in const_mu:
-                    y = graph.edges[i](states)
-                    mu = y if mu is None else mu + y
-            total = total + graph.node_energy(states, v, mu).sum()
-        return total
-
-    def _converged(self, grads, b: int) -> bool:
-        sq = sum(g.reshape(b, -1).square().sum(1) for g in grads)
-        return bool(sq.max() <= self.tol**2)
-
-    # --- learning -------------------------------------------------------------------------
-
-    @staticmethod
-    def _param_step(opt: torch.optim.Optimizer, params: list[Tensor], grads, b: int) -> None:
-        for p, g in zip(params, grads):
-            p.grad = None if g is None else g / b
-        opt.step()
-
-    def learn(self, graph: CompiledGraph, relaxation: Relaxation, optimizer: torch.optim.Optimizer,
-              clamped: set[str] | None = None) -> Tensor:
-        """One parameter step on dE/dtheta at the relaxed states (eqs. 38-39), batch-averaged.
-        Returns the batch-mean energy it differentiated."""
-        states = relaxation.states
-        b = next(iter(states.values())).shape[0]
-        leaves = set(_Plan(graph, clamped).leaves) if clamped is not None else set()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.enable_grad():
-            terms = {v: graph.node_energy(states, v) for v in graph.order
-                     if graph.nodes[v].has_energy and v not in leaves}
-            loss = sum(e.sum() for e in terms.values()) / b
-        if not bool(torch.isfinite(loss)):
-            raise _divergence(graph, states, loss.detach().reshape(1), "learning", self.optimizer)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    def step(self, graph: CompiledGraph, batch: States, optimizer: torch.optim.Optimizer) -> Relaxation:
-        """One PC update on ``batch``: relax, then learn (standard), or both at once (incremental)."""
-        relaxation = self.relax(graph, batch, weight_optimizer=optimizer)
-        if self.variant == "standard":
-            self.learn(graph, relaxation, optimizer, set(batch))
-        return relaxation
-
-
 def _divergence(graph: CompiledGraph, states: States, energy: Tensor, phase: str, opt) -> DivergenceError:
     bad_step = int(torch.nonzero(~torch.isfinite(energy))[0, 0])
     bad = []
@@ -227,8 +345,8 @@ def _divergence(graph: CompiledGraph, states: States, energy: Tensor, phase: str
             elif graph.nodes[v].has_energy and not bool(torch.isfinite(graph.node_energy(states, v)).all()):
                 bad.append(f"{v} (error)")
     where = f"at inference step {bad_step}" if phase == "inference" else "in the learning step"
-    lr = getattr(opt, "lr", None)
     return DivergenceError(
         f"energy became {energy[bad_step].item()} {where}; non-finite: {', '.join(bad) or 'none found'}. "
-        f"Lower inference.optimizer.lr (now {lr}) or the learning rate, or check the data for NaN/inf."
+        f"Lower inference.optimizer.lr (now {getattr(opt, 'lr', '?')}) or the learning rate, "
+        "or check the data for NaN/inf."
     )

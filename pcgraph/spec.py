@@ -193,6 +193,9 @@ class InferenceSpec(_Strict):
         None, description="Stop early when every sample's state-gradient norm is below tol."
     )
     check_every: PositiveInt = Field(4, description="Steps between tolerance checks.")
+    compile: bool = Field(
+        False, description="torch.compile the fixed-step loop: a one-time compile, then faster steps."
+    )
 
 
 # --- learning ----------------------------------------------------------------------------------

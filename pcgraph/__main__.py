@@ -1,0 +1,5 @@
+import sys
+
+from pcgraph.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Private machinery behind the solver."""

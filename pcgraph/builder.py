@@ -1,0 +1,71 @@
+"""A small Python API that emits the same :class:`GraphSpec` a YAML file loads to.
+
+    g = Graph("mnist-mlp")
+    x = g.node("image", 784, observed=True)
+    h = g.node("h1", 128)
+    g.edge(x, h, "linear", "leaky_relu")
+    spec = g.spec()
+
+The builder only collects plain data; validation is the spec's (``SpecError`` with YAML paths).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pcgraph.ops import Op
+from pcgraph.spec import GraphSpec, spec_from_dict
+
+
+class Graph:
+    """Collects nodes, edges and run settings; :meth:`spec` validates them into a GraphSpec."""
+
+    def __init__(self, name: str, description: str = ""):
+        self.name, self.description = name, description
+        self._nodes: dict[str, dict] = {}
+        self._edges: list[dict] = []
+        self._sections: dict[str, dict] = {}
+
+    def node(self, name: str, shape: int | tuple[int, ...] | list[int], *, observed: bool = False,
+             energy: str | dict = "gaussian", prior: dict | None = None) -> str:
+        """Declare a value node; returns its name, to pass to :meth:`edge`."""
+        node: dict[str, Any] = {"shape": [shape] if isinstance(shape, int) else list(shape)}
+        if observed:
+            node["role"] = "observed"
+        if energy != "gaussian":
+            node["energy"] = energy
+        if prior is not None:
+            node["prior"] = prior
+        self._nodes[name] = node
+        return name
+
+    def edge(self, source: str | list[str], target: str, *ops: str | dict | Op, combine: str = "concat") -> None:
+        """Add the prediction ``target += ops(combine(source))``; ops are names, dicts or Op objects."""
+        edge: dict[str, Any] = {"from": source, "to": target,
+                                "fn": [op.model_dump() if isinstance(op, Op) else op for op in ops] or ["identity"]}
+        if combine != "concat":
+            edge["combine"] = combine
+        self._edges.append(edge)
+
+    def inference(self, **settings: Any) -> Graph:
+        return self._section("inference", settings)
+
+    def learning(self, **settings: Any) -> Graph:
+        return self._section("learning", settings)
+
+    def data(self, **settings: Any) -> Graph:
+        return self._section("data", settings)
+
+    def train(self, **settings: Any) -> Graph:
+        return self._section("train", settings)
+
+    def _section(self, key: str, settings: dict) -> Graph:
+        self._sections[key] = settings
+        return self
+
+    def spec(self) -> GraphSpec:
+        """The validated :class:`GraphSpec`; raises :class:`SpecError` with YAML paths."""
+        data: dict[str, Any] = {"name": self.name, "graph": {"nodes": self._nodes, "edges": self._edges}}
+        if self.description:
+            data["description"] = self.description
+        return spec_from_dict({**data, **self._sections})

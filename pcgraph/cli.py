@@ -1,0 +1,133 @@
+"""The ``pcgraph`` command line: validate, schema, show, train.
+
+Bad input (a missing or invalid spec, a missing data set, an unknown device) prints one line on
+stderr and exits with status 2; a diverging run exits with status 1. With ``--json`` the last
+line of stdout is one JSON object with the final figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pcgraph.errors import DataError, DivergenceError, SpecError
+
+
+def _graph(args):
+    from pcgraph.compile import compile
+    from pcgraph.spec import load_spec
+
+    spec = load_spec(args.spec)
+    return spec, compile(spec)
+
+
+def cmd_validate(args) -> int:
+    spec, graph = _graph(args)
+    print(f"{args.spec}: valid ({len(graph.nodes)} nodes, {len(graph.edges)} edges, "
+          f"{graph.num_params():,} parameters)")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from pcgraph.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_show(args) -> int:
+    spec, graph = _graph(args)
+    clamped = {v for v, n in graph.nodes.items() if n.spec.role == "observed"}
+    node_rows = [(v, "x".join(map(str, n.shape)), n.spec.role, n.spec.energy.kind,
+                  "-" if v in clamped else f"{_numel(n.shape):,}") for v, n in graph.nodes.items()]
+    edge_rows = [(" + ".join(e.sources), e.target, " -> ".join(op.kind for op in spec.graph.edges[i].fn),
+                  f"{sum(p.numel() for p in e.parameters()):,}") for i, e in enumerate(graph.edges)]
+    print(f"{spec.name}" + (f": {spec.description}" if spec.description else ""))
+    print()
+    _table(("node", "shape", "role", "energy", "states"), node_rows)
+    print()
+    _table(("from", "to", "ops", "params"), edge_rows)
+    print()
+    print(f"total: {len(graph.nodes)} nodes, {len(graph.edges)} edges, {graph.num_params():,} parameters, "
+          f"{graph.states_per_sample():,} inferred states per sample")
+    if args.json:
+        print(json.dumps({"name": spec.name, "params": graph.num_params(),
+                          "states_per_sample": graph.states_per_sample(),
+                          "nodes": len(graph.nodes), "edges": len(graph.edges)}))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from pcgraph.spec import load_spec
+    from pcgraph.tasks import train
+
+    spec = load_spec(args.spec)
+    if args.compile:
+        spec = spec.model_copy(update={"inference": spec.inference.model_copy(update={"compile": True})})
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    result = train(spec, epochs=args.epochs, data_root=args.data_root, device=args.device, out=args.out,
+                   progress=not args.no_progress, log=log)
+    if args.json:
+        print(result.to_json())
+    else:
+        print(f"final test accuracy {100 * result.test_accuracy:.2f}% (best {100 * result.best_test_accuracy:.2f}%), "
+              f"{result.params:,} parameters, {result.states_per_sample} states per sample")
+    return 0
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _table(header: tuple, rows: list[tuple]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pcgraph", description="Predictive coding over arbitrary computation graphs.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    v = sub.add_parser("validate", help="check a spec (parse and compile)")
+    v.add_argument("spec")
+    v.set_defaults(fn=cmd_validate)
+    s = sub.add_parser("schema", help="print the JSON Schema of the spec format")
+    s.set_defaults(fn=cmd_schema)
+    sh = sub.add_parser("show", help="print a spec's nodes, edges and totals")
+    sh.add_argument("spec")
+    sh.add_argument("--json", action="store_true", help="also print the totals as one JSON line")
+    sh.set_defaults(fn=cmd_show)
+    t = sub.add_parser("train", help="train a spec with PC on its data set")
+    t.add_argument("spec")
+    t.add_argument("--epochs", type=int, help="override train.epochs")
+    t.add_argument("--data-root", help="folder with the data set's files (default: $PCGRAPH_DATA)")
+    t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    t.add_argument("--out", help="write spec.yaml, metrics.jsonl and model.pt here")
+    t.add_argument("--compile", action="store_true", help="torch.compile the inference loop")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--json", action="store_true", help="epoch lines to stderr, final figures as JSON on stdout")
+    t.set_defaults(fn=cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (SpecError, DataError) as err:
+        print(f"pcgraph: error: {'; '.join(str(err).splitlines())}", file=sys.stderr)
+        return 2
+    except DivergenceError as err:
+        print(f"pcgraph: diverged: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pcgraph: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

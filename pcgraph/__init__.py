@@ -10,7 +10,7 @@
 from pcgraph.builder import Graph
 from pcgraph.compile import CompiledGraph, compile
 from pcgraph.data import Dataset, load_dataset
-from pcgraph.errors import DataError, DivergenceError, PCGraphError, PCGraphWarning, SpecError
+from pcgraph.errors import DataError, DivergenceError, PCGraphError, PCGraphWarning, SpecError, UsageError
 from pcgraph.ops import Op, register_op
 from pcgraph.optim import StateAdam, StateSGD
 from pcgraph.solve import Relaxation, Solver
@@ -23,5 +23,5 @@ __all__ = [
     "CompiledGraph", "DataError", "Dataset", "DivergenceError", "Graph", "GraphSpec", "Op",
     "PCGraphError", "PCGraphWarning", "Relaxation", "Solver", "SpecError", "StateAdam", "StateSGD",
     "TrainResult", "compile", "evaluate", "json_schema", "load_dataset", "load_spec", "register_op",
-    "spec_from_dict", "spec_from_yaml", "train",
+    "UsageError", "spec_from_dict", "spec_from_yaml", "train",
 ]

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from pcgraph.errors import DataError, DivergenceError, SpecError
+from pcgraph.errors import DivergenceError, PCGraphError
 
 
 def _graph(args):
@@ -76,6 +76,12 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def _numel(shape) -> int:
     n = 1
     for s in shape:
@@ -89,9 +95,14 @@ def _table(header: tuple, rows: list[tuple]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other bad input
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pcgraph", description="Predictive coding over arbitrary computation graphs.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = _Parser(prog="pcgraph", description="Predictive coding over arbitrary computation graphs.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     v = sub.add_parser("validate", help="check a spec (parse and compile)")
     v.add_argument("spec")
     v.set_defaults(fn=cmd_validate)
@@ -103,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.set_defaults(fn=cmd_show)
     t = sub.add_parser("train", help="train a spec with PC on its data set")
     t.add_argument("spec")
-    t.add_argument("--epochs", type=int, help="override train.epochs")
+    t.add_argument("--epochs", type=_positive_int, help="override train.epochs")
     t.add_argument("--data-root", help="folder with the data set's files (default: $PCGRAPH_DATA)")
     t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     t.add_argument("--out", help="write spec.yaml, metrics.jsonl and model.pt here")
@@ -118,12 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (SpecError, DataError) as err:
-        print(f"pcgraph: error: {'; '.join(str(err).splitlines())}", file=sys.stderr)
-        return 2
     except DivergenceError as err:
         print(f"pcgraph: diverged: {err}", file=sys.stderr)
         return 1
+    except PCGraphError as err:  # bad input: a spec, a data set, an argument
+        print(f"pcgraph: error: {'; '.join(str(err).splitlines())}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("pcgraph: interrupted", file=sys.stderr)
         return 130

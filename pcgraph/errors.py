@@ -26,6 +26,10 @@ class SpecError(PCGraphError, ValueError):
         super().__init__("\n".join(f"{p}: {m}" if p else m for p, m in problems))
 
 
+class UsageError(PCGraphError, ValueError):
+    """A bad argument to a task or command (an unknown device, a non-positive epoch count)."""
+
+
 class DataError(PCGraphError):
     """A data set is missing or malformed; the message says how to get it."""
 

@@ -296,9 +296,9 @@ def _autograd_grads(graph, plan, states, const, terms, want_params, params, need
     with torch.enable_grad():
         total = torch.zeros(())
         for v in terms:
-            mu = const["mu"].get(v) if not want_params else None
+            mu = None if want_params else const["mu"].get(v)  # parameters need every edge's graph
             for i in graph.nodes[v].incoming:
-                if mu is None or i not in plan.const_edges:
+                if want_params or i not in plan.const_edges:
                     y = graph.edges[i](states)
                     mu = y if mu is None else mu + y
             total = total + graph.node_energy(states, v, mu).sum()

@@ -10,7 +10,7 @@ rejects duplicate keys, and turns pydantic's errors into one :class:`SpecError` 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -67,7 +67,7 @@ class Categorical(_Tagged):
 
 
 EnergySpec = Annotated[
-    Union[Gaussian, Categorical], Field(discriminator="kind"), BeforeValidator(_tagged)
+    Gaussian | Categorical, Field(discriminator="kind"), BeforeValidator(_tagged)
 ]
 
 
@@ -116,7 +116,7 @@ def _op_list(value: Any) -> list[Op]:
 OpList = Annotated[
     list[Any],
     BeforeValidator(_op_list),
-    WithJsonSchema({"type": "array", "items": op_json_schema()}),
+    WithJsonSchema({"type": "array", "items": {}}),  # items filled in by json_schema()
 ]
 
 
@@ -177,7 +177,7 @@ class Euler(_Tagged):
 
 
 StateOptimizerSpec = Annotated[
-    Union[SGD, Adam, Euler], Field(discriminator="kind"), BeforeValidator(_tagged)
+    SGD | Adam | Euler, Field(discriminator="kind"), BeforeValidator(_tagged)
 ]
 
 
@@ -283,6 +283,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen: set = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a mapping key must be a plain value, got {type(key).__name__}", key_node.start_mark
+                ) from None
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -303,7 +309,7 @@ def _msg(e: dict) -> str:
         return e["msg"].removeprefix("Value error, ")
     got = e.get("input")
     text = e["msg"][0].lower() + e["msg"][1:]
-    if isinstance(got, (dict, list)) or got is None:
+    if isinstance(got, (dict, list)) or got is None or "got " in text:
         return text
     return f"{text}, got {got!r}"
 
@@ -353,5 +359,7 @@ def load_spec(path: str | Path) -> GraphSpec:
 def json_schema() -> dict:
     """The JSON Schema of the spec format (for editors' YAML autocompletion)."""
     schema = GraphSpec.model_json_schema(by_alias=True)
+    # ops registered after import belong in the schema too: fill the pipeline items in now
+    schema["$defs"]["EdgeSpec"]["properties"]["fn"]["items"] = op_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema

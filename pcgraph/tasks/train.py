@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,7 @@ from torch import Tensor
 
 from pcgraph.compile import CompiledGraph, compile
 from pcgraph.data import Dataset, load_dataset
-from pcgraph.errors import SpecError
+from pcgraph.errors import SpecError, UsageError
 from pcgraph.optim import weight_optimizer
 from pcgraph.solve import Solver
 from pcgraph.spec import DataSpec, GraphSpec
@@ -56,6 +56,19 @@ def prepare(data: Dataset, spec: DataSpec, graph: CompiledGraph, device) -> tupl
     return out[0].to(device), data.y_train.to(device), out[1].to(device), data.y_test.to(device)
 
 
+def resolve_device(device: str) -> torch.device:
+    """``torch.device(device)``, refusing unknown names and devices this machine lacks."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"unknown device {device!r}; expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} was asked for but no CUDA device is available; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"device {device!r} is not supported; expected cpu or cuda")
+    return dev
+
+
 def _numel(shape) -> int:
     n = 1
     for s in shape:
@@ -80,19 +93,34 @@ def evaluate(graph: CompiledGraph, spec: GraphSpec, solver: Solver, x: Tensor, y
     return correct / len(x)
 
 
-def train(spec: GraphSpec, *, epochs: int | None = None, data_root: str | None = None, device: str = "cpu",
-          out: str | Path | None = None, progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
-    """Train ``spec`` on its data set with PC and return the final figures.
+def bp_step(graph: CompiledGraph, batch: dict[str, Tensor], optimizer: torch.optim.Optimizer) -> Tensor:
+    """One backprop update on the same graph: the clamped outputs' energies at the feedforward
+    pass, batch-averaged (:meth:`CompiledGraph.bp_loss`), differentiated by autograd."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = graph.bp_loss(batch)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
-    Per epoch it logs the mean relaxed energy per sample, train accuracy (feedforward predictions
-    of the forward-init pass, before each update), test accuracy and seconds. With ``out`` it writes
-    ``spec.yaml``, ``metrics.jsonl`` and the final ``model.pt`` (a state dict) there.
+
+def train(spec: GraphSpec, *, epochs: int | None = None, data_root: str | None = None, device: str = "cpu",
+          out: str | Path | None = None, progress: bool = True, log: Callable[[str], None] = print,
+          method: str = "pc") -> TrainResult:
+    """Train ``spec`` on its data set and return the final figures.
+
+    ``method="pc"`` trains with predictive coding; ``"bp"`` trains the same graph by backprop
+    (:func:`bp_step`), the baseline for benchmarks. Per epoch it logs the mean energy per sample
+    (PC: at the relaxed states; BP: the loss), train accuracy (feedforward predictions made before
+    each update), test accuracy and seconds. With ``out`` it writes ``spec.yaml``,
+    ``metrics.jsonl`` and the final ``model.pt`` (a state dict) there.
     """
+    if method not in ("pc", "bp"):
+        raise ValueError(f"method must be pc or bp, got {method!r}")
     if spec.data is None or spec.data.target is None:
         raise SpecError("training a classifier needs a data section with an input and a target node", "data")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SpecError("--device cuda was asked for but no CUDA device is available; use --device cpu", "device")
+    dev = resolve_device(device)
+    if epochs is not None and epochs < 1:
+        raise UsageError(f"the number of epochs must be at least 1, got {epochs}")
     torch.manual_seed(spec.train.seed)
     graph = compile(spec).to(dev)
     solver = Solver.from_spec(spec)
@@ -107,7 +135,7 @@ def train(spec: GraphSpec, *, epochs: int | None = None, data_root: str | None =
         (out / "spec.yaml").write_text(spec.to_yaml())
         (out / "metrics.jsonl").write_text("")
     history: list[dict] = []
-    n_epochs = epochs or spec.train.epochs
+    n_epochs = spec.train.epochs if epochs is None else epochs
     for epoch in range(1, n_epochs + 1):
         start = time.perf_counter()
         perm = torch.randperm(len(x_train), generator=gen).to(dev)
@@ -116,10 +144,16 @@ def train(spec: GraphSpec, *, epochs: int | None = None, data_root: str | None =
         for i in _progress(batches, f"epoch {epoch}/{n_epochs}", progress):
             idx = perm[i: i + d.batch_size]
             batch = {d.input: x_train[idx], d.target: F.one_hot(y_train[idx], classes).to(x_train.dtype)}
-            r = solver.step(graph, batch, optimizer)
-            energy += r.energy[-1]
-            if d.target in r.predicted:
-                correct += (r.predicted[d.target].argmax(1) == y_train[idx]).sum()
+            if method == "pc":
+                r = solver.step(graph, batch, optimizer)
+                energy += r.energy[-1]
+                predicted = r.predicted.get(d.target)
+            else:
+                with torch.no_grad():
+                    predicted = graph({d.input: batch[d.input]})[d.target]
+                energy += bp_step(graph, batch, optimizer) * len(idx)
+            if predicted is not None:
+                correct += (predicted.argmax(1) == y_train[idx]).sum()
             seen += len(idx)
         seconds = time.perf_counter() - start
         test_acc = evaluate(graph, spec, solver, x_test, y_test)

@@ -1,0 +1,225 @@
+"""The ``pcgraph`` command line, in-process (``main``) and once as ``python -m pcgraph``."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pcgraph import compile, load_spec
+from pcgraph.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = sorted((ROOT / "specs").glob("*.yaml"))
+DIGITS = str(ROOT / "specs" / "digits_mlp.yaml")
+MNIST = str(ROOT / "specs" / "mnist_mlp.yaml")
+
+GOOD = """\
+name: t
+graph:
+  nodes:
+    image: {shape: [4], role: observed}
+    h:     {shape: [3]}
+    label: {shape: [2], role: observed}
+  edges:
+    - {from: image, to: h,     fn: [linear, leaky_relu]}
+    - {from: h,     to: label, fn: [linear]}
+"""
+
+# (id, spec text, YAML path the one error line must name)
+BAD = [
+    ("unknown-field", GOOD + "colour: red\n", "colour"),
+    ("negative-lr", GOOD + "learning: {optimizer: {lr: -1}}\n", "learning.optimizer.lr"),
+    ("bad-op-argument", GOOD.replace("leaky_relu]", "{kind: leaky_relu, negative_slope: x}]"),
+     "graph.edges[0].fn[1].negative_slope"),
+    ("unknown-to", GOOD.replace("to: label", "to: lable"), "graph.edges[1].to"),
+    ("shape-mismatch", GOOD.replace("fn: [linear]}", "fn: [{kind: linear, features: 5}]}"), "graph.edges[1].fn"),
+    ("cycle", GOOD + "    - {from: label, to: image, fn: [linear]}\n", "inference.init"),
+    # several problems are joined onto the one line
+    ("three-problems", GOOD.replace("name: t\n", "") + "colour: red\ninference: {steps: 0}\n", "inference.steps"),
+]
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("pcgraph: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# --- validate ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_validate_shipped(capsys, path):
+    rc, out, err = _run(capsys, "validate", str(path))
+    assert rc == 0, err
+    assert "valid" in out
+    assert f"{compile(load_spec(path)).num_params():,} parameters" in out
+    assert err == ""
+
+
+@pytest.mark.parametrize(("text", "path"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_validate_bad(capsys, tmp_path, text, path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(text)
+    rc, out, err = _run(capsys, "validate", str(spec))
+    assert rc == 2
+    assert out == ""
+    assert path in _one_error_line(err)
+
+
+def test_validate_invalid_yaml(capsys, tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(GOOD + "inference: {steps: [1, 2}\n")
+    rc, _, err = _run(capsys, "validate", str(spec))
+    assert rc == 2
+    assert "invalid YAML: line 10" in _one_error_line(err)
+
+
+def test_validate_missing_file(capsys, tmp_path):
+    rc, out, err = _run(capsys, "validate", str(tmp_path / "missing.yaml"))
+    assert rc == 2
+    assert out == ""
+    assert "missing.yaml" in _one_error_line(err)
+
+
+def _subprocess(*argv: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PCGRAPH_DATA"}
+    return subprocess.run([sys.executable, "-m", "pcgraph", *argv], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env=env)
+
+
+def test_subprocess_validate(tmp_path):
+    good = _subprocess("validate", DIGITS)
+    assert good.returncode == 0, good.stderr
+    assert "valid" in good.stdout
+    assert "Traceback" not in good.stderr
+
+    name, text, path = BAD[2]  # an op argument: the deepest path
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(text)
+    bad = _subprocess("validate", str(spec))
+    assert bad.returncode == 2
+    assert bad.stdout == ""
+    assert "Traceback" not in bad.stderr
+    assert path in _one_error_line(bad.stderr)
+
+
+# --- schema and show -------------------------------------------------------------------------
+
+
+def test_schema(capsys):
+    rc, out, _ = _run(capsys, "schema")
+    assert rc == 0
+    schema = json.loads(out)
+    assert {"graph", "inference", "learning", "data", "train"} <= set(schema["properties"])
+
+
+def test_show_json(capsys):
+    rc, out, _ = _run(capsys, "show", MNIST, "--json")
+    assert rc == 0
+    lines = out.splitlines()
+    figures = json.loads(lines[-1])
+    assert figures["params"] == 134_794
+    assert figures["states_per_sample"] == 384
+    assert figures["nodes"] == 5 and figures["edges"] == 4
+    assert figures["name"] == "mnist-mlp"
+    assert any("134,794 parameters" in line for line in lines)
+
+
+def test_show_without_json(capsys):
+    rc, out, _ = _run(capsys, "show", DIGITS)
+    assert rc == 0
+    assert "8,970 parameters" in out
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(out.splitlines()[-1])
+
+
+# --- train -----------------------------------------------------------------------------------
+
+
+def test_train_digits_json_and_out(capsys, tmp_path):
+    run = tmp_path / "run"
+    rc, out, err = _run(capsys, "train", DIGITS, "--epochs", "2", "--json", "--no-progress", "--out", str(run))
+    assert rc == 0, err
+    result = json.loads(out.splitlines()[-1])
+    assert isinstance(result, dict)
+    assert {"test_accuracy", "epoch_seconds", "energy", "params", "states_per_sample"} <= set(result)
+    assert len(result["epoch_seconds"]) == 2
+    assert result["params"] == 8970
+    assert result["states_per_sample"] == 128
+    assert 0.0 <= result["test_accuracy"] <= 1.0
+    assert result["test_accuracy"] > 0.3  # well above chance (0.1) after two epochs
+    # --json sends the epoch lines to stderr
+    assert len([line for line in err.splitlines() if line.startswith("epoch")]) == 2
+
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl", "model.pt", "spec.yaml"]
+    assert load_spec(run / "spec.yaml") == load_spec(DIGITS)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[-1]["test_accuracy"] == result["test_accuracy"]
+    state = torch.load(run / "model.pt", weights_only=True)
+    graph = compile(load_spec(DIGITS))
+    assert set(state) == set(graph.state_dict())
+    graph.load_state_dict(state)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")
+def test_train_cuda_unavailable(capsys):
+    rc, out, err = _run(capsys, "train", DIGITS, "--device", "cuda", "--epochs", "1", "--no-progress")
+    assert rc == 2
+    assert "cuda" in _one_error_line(err).lower()
+
+
+def _network_reachable() -> bool:
+    try:
+        with socket.create_connection(("ossci-datasets.s3.amazonaws.com", 443), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def test_train_mnist_missing_data_download_fails(capsys, tmp_path, monkeypatch):
+    """A failed download (whatever torchvision raises) is one error line naming --data-root."""
+    import torchvision
+
+    class NoDownload:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.delenv("PCGRAPH_DATA", raising=False)
+    monkeypatch.setattr(torchvision.datasets, "MNIST", NoDownload)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, _, err = _run(capsys, "train", MNIST, "--data-root", str(empty), "--epochs", "1", "--no-progress")
+    assert rc == 2
+    line = _one_error_line(err)
+    assert "--data-root" in line
+    assert "'mnist'" in line
+
+
+def test_train_mnist_missing_data_no_network(capsys, tmp_path, monkeypatch):
+    """The real thing: an empty --data-root and no network to download from."""
+    if _network_reachable():
+        pytest.skip("the network is reachable: torchvision would download MNIST")
+    monkeypatch.delenv("PCGRAPH_DATA", raising=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, _, err = _run(capsys, "train", MNIST, "--data-root", str(empty), "--epochs", "1", "--no-progress")
+    assert rc == 2
+    assert "--data-root" in _one_error_line(err)

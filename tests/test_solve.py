@@ -1,0 +1,233 @@
+"""The solver against independent references: Box 2's update rules written out by hand, the
+linear-Gaussian equilibrium as a linear solve, and autograd as a second gradient route."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pcgraph
+from pcgraph.optim import StateSGD
+
+f64 = torch.float64
+
+
+def chain(sizes, act="tanh", precisions=None, bias=True):
+    """x0 (observed) -> x1 -> ... -> xL (observed), mu_{l+1} = act(W x_l + b)."""
+    g = pcgraph.Graph("chain")
+    for i, n in enumerate(sizes):
+        energy = {"kind": "gaussian", "precision": precisions[i]} if precisions else "gaussian"
+        g.node(f"x{i}", n, observed=i in (0, len(sizes) - 1), energy=energy)
+    for i in range(len(sizes) - 1):
+        ops = [{"kind": "linear", "bias": bias}] + ([act] if act else [])
+        g.edge(f"x{i}", f"x{i + 1}", *ops)
+    return pcgraph.compile(g.spec()).double()
+
+
+def linears(graph):
+    return [e.pipeline[0] for e in graph.edges]
+
+
+@pytest.mark.parametrize("local_rules", [True, False])
+def test_box2_state_and_weight_updates(local_rules):
+    """One inference step and one learning step equal the notes' Box 2 rules:
+    dE/dx_l = eps_l - W_l^T (f'(a_l) * eps_{l+1}),  dE/dW_l = -(f'(a_l) * eps_{l+1}) x_l^T (batch mean),
+    with a_l = W_l x_l + b_l, eps_l = pi_l (x_l - f(a_{l-1}))."""
+    graph = chain([3, 4, 5, 2], "tanh", precisions=[1.0, 1.0, 2.0, 0.5])
+    b = 6
+    x = [torch.randn(b, n, dtype=f64) for n in (3, 4, 5, 2)]
+    W = [(m.weight.detach().clone(), m.bias.detach().clone()) for m in linears(graph)]
+    pis = [1.0, 1.0, 2.0, 0.5]
+    a = [x[i] @ W[i][0].T + W[i][1] for i in range(3)]
+    eps = [None] + [pis[i + 1] * (x[i + 1] - torch.tanh(a[i])) for i in range(3)]
+    fprime = [1 - torch.tanh(ai) ** 2 for ai in a]
+    lr = 0.1
+    expect = {f"x{k}": x[k] - lr * (eps[k] - (fprime[k] * eps[k + 1]) @ W[k][0]) for k in (1, 2)}
+
+    solver = pcgraph.Solver(steps=1, optimizer=StateSGD(lr), init="zeros", local_rules=local_rules)
+    r = solver.relax(graph, {"x0": x[0], "x3": x[3]}, init={"x1": x[1], "x2": x[2]})
+    for v, want in expect.items():
+        assert torch.allclose(r.states[v], want, rtol=1e-12, atol=1e-12)
+
+    # learning at the given states: with steps=0 the update is taken at x as it is
+    solver0 = pcgraph.Solver(steps=0, init="zeros", local_rules=local_rules)
+    opt = torch.optim.SGD(graph.parameters(), lr=lr)
+    r0 = solver0.relax(graph, {"x0": x[0], "x3": x[3]}, init={"x1": x[1], "x2": x[2]}, weight_optimizer=opt)
+    assert r0.steps == 0
+    for k, m in enumerate(linears(graph)):
+        g_w = -(fprime[k] * eps[k + 1]).T @ x[k] / b
+        g_b = -(fprime[k] * eps[k + 1]).mean(0)
+        assert torch.allclose(m.weight, W[k][0] - lr * g_w, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(m.bias, W[k][1] - lr * g_b, rtol=1e-12, atol=1e-12)
+
+
+def test_learn_by_autograd_equals_fused_learning():
+    graph = chain([3, 4, 2], "leaky_relu")
+    clone = chain([3, 4, 2], "leaky_relu")
+    clone.load_state_dict(graph.state_dict())
+    batch = {"x0": torch.randn(5, 3, dtype=f64), "x2": torch.randn(5, 2, dtype=f64)}
+    solver = pcgraph.Solver(steps=5, optimizer=StateSGD(0.1))
+    solver.step(graph, batch, torch.optim.SGD(graph.parameters(), lr=0.5))
+    r = solver.relax(clone, batch)
+    solver.learn(clone, r, torch.optim.SGD(clone.parameters(), lr=0.5))
+    for p, q in zip(graph.parameters(), clone.parameters()):
+        assert torch.allclose(p, q, rtol=1e-12, atol=1e-12)
+
+
+def test_linear_gaussian_equilibrium_is_a_linear_solve():
+    """With clamped ends, the minimiser of a linear-Gaussian chain solves H z = c (see below)."""
+    p1, p2, p3 = 1.0, 2.0, 0.5
+    graph = chain([3, 4, 3, 2], act=None, precisions=[1.0, p1, p2, p3], bias=False)
+    A, Bm, C = (m.weight.detach() for m in linears(graph))
+    x0, x3 = torch.randn(2, 3, dtype=f64), torch.randn(2, 2, dtype=f64)
+    # dE/dx1 = p1 (x1 - A x0) - p2 B^T (x2 - B x1) = 0;  dE/dx2 = p2 (x2 - B x1) - p3 C^T (x3 - C x2) = 0
+    n1, n2 = 4, 3
+    H = torch.zeros(n1 + n2, n1 + n2, dtype=f64)
+    H[:n1, :n1] = p1 * torch.eye(n1, dtype=f64) + p2 * Bm.T @ Bm
+    H[:n1, n1:] = -p2 * Bm.T
+    H[n1:, :n1] = -p2 * Bm
+    H[n1:, n1:] = p2 * torch.eye(n2, dtype=f64) + p3 * C.T @ C
+    c = torch.cat([p1 * x0 @ A.T, p3 * x3 @ C], dim=1)
+    z = torch.linalg.solve(H, c.T).T
+    solver = pcgraph.Solver(steps=5000, optimizer=StateSGD(0.1, momentum=0.5), tol=1e-11)
+    r = solver.relax(graph, {"x0": x0, "x3": x3})
+    assert r.steps < 5000
+    assert torch.allclose(r.states["x1"], z[:, :n1], atol=1e-9)
+    assert torch.allclose(r.states["x2"], z[:, n1:], atol=1e-9)
+
+
+def test_states_are_per_sample_and_parameter_gradients_batch_means():
+    graph = chain([3, 4, 4, 2], "tanh")
+    batch = {"x0": torch.randn(6, 3, dtype=f64), "x3": torch.randn(6, 2, dtype=f64)}
+    solver = pcgraph.Solver(steps=7, optimizer=pcgraph.StateAdam(0.05))
+    whole = solver.relax(graph, batch).states
+    one = solver.relax(graph, {k: v[2:3] for k, v in batch.items()}).states
+    assert torch.allclose(whole["x1"][2:3], one["x1"], atol=1e-12)
+    # a batch of two copies gives the same update as the single sample
+    clone = chain([3, 4, 4, 2], "tanh")
+    clone.load_state_dict(graph.state_dict())
+    single = {k: v[:1] for k, v in batch.items()}
+    doubled = {k: torch.cat([v, v]) for k, v in single.items()}
+    solver.step(graph, single, torch.optim.SGD(graph.parameters(), lr=0.3))
+    solver.step(clone, doubled, torch.optim.SGD(clone.parameters(), lr=0.3))
+    for p, q in zip(graph.parameters(), clone.parameters()):
+        assert torch.allclose(p, q, atol=1e-12)
+
+
+def test_forward_init_gives_zero_latent_errors_and_predicts_clamped_leaves():
+    graph = chain([3, 4, 2], "tanh")
+    x0 = torch.randn(5, 3, dtype=f64)
+    r = pcgraph.Solver(steps=1).relax(graph, {"x0": x0, "x2": torch.zeros(5, 2, dtype=f64)})
+    ff = graph({"x0": x0})
+    assert torch.allclose(r.predicted["x2"], ff["x2"])
+    # only the clamped output has an error at step 0, so the first energy is its energy alone
+    assert torch.allclose(r.energy[0], 0.5 * (ff["x2"] ** 2).sum())
+
+
+def test_free_output_is_set_to_its_prediction():
+    graph = chain([3, 4, 2], "tanh")
+    x0 = torch.randn(5, 3, dtype=f64)
+    r = pcgraph.Solver(steps=3, init="zeros").relax(graph, {"x0": x0})
+    assert torch.allclose(r.states["x2"], graph.prediction(r.states, "x2"))
+
+
+def test_incremental_steps_parameters_every_inference_step():
+    graph = chain([3, 4, 2], "tanh")
+    before = [p.detach().clone() for p in graph.parameters()]
+    opt = torch.optim.SGD(graph.parameters(), lr=0.1)
+    calls = []
+    opt.register_step_post_hook(lambda *a: calls.append(1))
+    batch = {"x0": torch.randn(5, 3, dtype=f64), "x2": torch.randn(5, 2, dtype=f64)}
+    pcgraph.Solver(steps=4, variant="incremental").step(graph, batch, opt)
+    assert len(calls) == 4
+    assert any(not torch.equal(p, q) for p, q in zip(graph.parameters(), before))
+
+
+def test_divergence_names_the_node():
+    graph = chain([3, 4, 2], "leaky_relu").float()
+    batch = {"x0": torch.randn(5, 3), "x2": torch.randn(5, 2) * 1e3}
+    with pytest.raises(pcgraph.DivergenceError, match=r"x1.*Lower inference\.optimizer\.lr"):
+        pcgraph.Solver(steps=200, optimizer=StateSGD(50.0)).relax(graph, batch)
+
+
+def test_bad_batch_is_refused():
+    graph = chain([3, 4, 2])
+    with pytest.raises(ValueError, match="expects"):
+        pcgraph.Solver().relax(graph, {"x0": torch.randn(2, 5, dtype=f64)})
+    with pytest.raises(KeyError, match="unknown node"):
+        pcgraph.Solver().relax(graph, {"nope": torch.randn(2, 5, dtype=f64)})
+
+
+# --- random graphs -----------------------------------------------------------------------------
+
+SMOOTH = ["tanh", "sigmoid", "gelu", "identity"]
+
+
+@st.composite
+def layered_graphs(draw, ops=SMOOTH, joins=True):
+    """A random layered DAG: input -> hidden layers -> output, with skip edges and multi-source
+    joins (concat / add / mul), plus optionally a categorical second output."""
+    depth = draw(st.integers(1, 4))
+    widths = [draw(st.integers(1, 6)) for _ in range(depth + 2)]
+    g = pcgraph.Graph("random")
+    names = [f"n{i}" for i in range(depth + 2)]
+    for i, (v, w) in enumerate(zip(names, widths)):
+        g.node(v, w, observed=i in (0, depth + 1))
+    for i in range(1, depth + 2):
+        act = draw(st.sampled_from(ops))
+        skip = draw(st.integers(0, i - 2)) if joins and i >= 2 else None
+        if skip is not None and draw(st.booleans()):
+            mode = draw(st.sampled_from(["concat", "add", "mul"]))
+            if mode != "concat" and widths[skip] != widths[i - 1]:
+                mode = "concat"
+            g.edge([names[i - 1], names[skip]], names[i], "linear", act, combine=mode)
+        else:
+            g.edge(names[i - 1], names[i], "linear", act)
+            if skip is not None and draw(st.booleans()):
+                g.edge(names[skip], names[i], {"kind": "linear", "bias": False})
+    outputs = [names[-1]]
+    if joins and draw(st.booleans()):
+        g.node("cls", 3, observed=True, energy="categorical")
+        g.edge(names[draw(st.integers(1, depth))], "cls", "linear")
+        outputs.append("cls")
+    return g.spec(), widths, outputs
+
+
+def _batch(graph, outputs, b=4, dtype=f64):
+    batch = {"n0": torch.randn(b, graph.nodes["n0"].shape[0], dtype=dtype)}
+    for v in outputs:
+        n = graph.nodes[v].shape[0]
+        batch[v] = F.one_hot(torch.randint(0, n, (b,)), n).to(dtype) if v == "cls" else torch.randn(b, n, dtype=dtype)
+    return batch
+
+
+@settings(max_examples=40, deadline=None)
+@given(layered_graphs(), st.sampled_from(["forward", "zeros"]))
+def test_energy_decreases_over_inference(case, init):
+    spec, _, outputs = case
+    torch.manual_seed(1)
+    graph = pcgraph.compile(spec).double()
+    r = pcgraph.Solver(steps=30, optimizer=StateSGD(0.02), init=init).relax(graph, _batch(graph, outputs))
+    diffs = r.energy[1:] - r.energy[:-1]
+    assert (diffs <= 1e-12 * (1 + r.energy[:-1].abs())).all(), r.energy
+
+
+@settings(max_examples=40, deadline=None)
+@given(layered_graphs(ops=SMOOTH + ["relu", "leaky_relu"]), st.sampled_from(["standard", "incremental"]))
+def test_local_rules_equal_autograd(case, variant):
+    """Two gradient routes (closed-form local rules, autograd) give the same relaxation and update."""
+    spec, _, outputs = case
+    torch.manual_seed(2)
+    graphs = [pcgraph.compile(spec).double() for _ in range(2)]
+    graphs[1].load_state_dict(graphs[0].state_dict())
+    batch = _batch(graphs[0], outputs)
+    results = []
+    for graph, local in zip(graphs, (True, False)):
+        solver = pcgraph.Solver(steps=6, optimizer=StateSGD(0.05, momentum=0.3), variant=variant, local_rules=local)
+        results.append(solver.step(graph, batch, torch.optim.SGD(graph.parameters(), lr=0.1)))
+    assert torch.allclose(results[0].energy, results[1].energy, rtol=1e-10, atol=1e-12)
+    for v in results[0].states:
+        assert torch.allclose(results[0].states[v], results[1].states[v], rtol=1e-10, atol=1e-12)
+    for p, q in zip(*(g.parameters() for g in graphs)):
+        assert torch.allclose(p, q, rtol=1e-10, atol=1e-12)

@@ -5,7 +5,7 @@ Given a batch ``{node: tensor}``, the given nodes are clamped and every other no
 then takes one optimizer step on ``dE/dtheta`` at the relaxed states, averaged over the batch.
 Standard and incremental PC are settings of one :class:`Solver`, never copies of it.
 
-The clamp set is known before inference starts, so :class:`_Plan` splits the work:
+The clamp set is known before inference starts, so :class:`Plan` splits the work:
 - an edge whose sources are all clamped predicts a constant: computed once per batch;
 - a free node with no outgoing edge sits at its optimum (x = mean(mu), energy 0, no gradient to its
   parents), so it is set once after relaxation instead of being relaxed;
@@ -25,6 +25,16 @@ from torch import Tensor
 
 from pcgraph import energy as E
 from pcgraph._impl import local
+from pcgraph._impl.loop import (
+    Plan,
+    autograd_grads,
+    constant_edges,
+    finish,
+    fixed_loop,
+    local_grads,
+    param_step,
+    sum_constants,
+)
 from pcgraph.compile import CompiledGraph, States
 from pcgraph.errors import DivergenceError
 from pcgraph.optim import StateAdam, StateSGD, state_optimizer
@@ -43,23 +53,6 @@ class Relaxation:
     predicted: States
 
 
-class _Plan:
-    """Which nodes are relaxed, which edges are constant and which energy terms the loop needs."""
-
-    def __init__(self, graph: CompiledGraph, clamped: set[str]):
-        nodes = graph.nodes
-        free = [v for v in graph.order if v not in clamped]
-        self.leaves = [v for v in free if nodes[v].incoming and not nodes[v].outgoing]
-        self.relaxed = [v for v in free if v not in self.leaves]
-        relaxed = set(self.relaxed)
-        self.const_edges = frozenset(
-            i for i, e in enumerate(graph.edges) if all(s in clamped for s in e.sources))
-        energetic = [v for v in graph.order if nodes[v].has_energy and v not in self.leaves]
-        self.terms = [v for v in energetic if v in relaxed or any(
-            s in relaxed for i in nodes[v].incoming for s in graph.edges[i].sources)]
-        self.fixed_terms = [v for v in energetic if v not in self.terms]
-
-
 class Solver:
     """Inference and learning settings, with defaults.
 
@@ -74,7 +67,8 @@ class Solver:
         local_rules: use the closed-form local rules when the graph's ops allow (default), or
             always autograd (``False``).
         compile: ``torch.compile`` the fixed-step loop (local rules, no ``tol``, standard PC):
-            a one-time compile per batch size, then less Python overhead per batch.
+            a one-time compile for the first batch size seen (other sizes run eagerly), then
+            less Python and kernel-launch overhead per batch.
     """
 
     def __init__(self, steps: int = 20, optimizer: StateSGD | StateAdam | None = None, init: str = "forward",
@@ -105,26 +99,26 @@ class Solver:
         start). With ``weight_optimizer`` the parameters learn too: after relaxation (standard)
         or after every step (incremental)."""
         b = _check_batch(graph, batch)
-        plan = _Plan(graph, set(batch))
+        plan = Plan(graph, set(batch))
         use_local = self.local_rules and local.supported(graph)
         incremental = weight_optimizer is not None and self.variant == "incremental"
         with torch.no_grad():
             states, const, predicted = self._initial_states(graph, batch, plan, init)
             fixed = sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), torch.zeros(()))
-        grads_fn = _local_grads if use_local else _autograd_grads
+        grads_fn = local_grads if use_local else autograd_grads
         params = [p for p in graph.parameters() if p.requires_grad]
         learn_now = weight_optimizer is not None and not incremental
         if incremental or self.tol is not None:
             trace, gp, steps = self._stepwise(graph, plan, states, const, grads_fn, params, weight_optimizer, b)
         else:  # fixed T and no host sync: one function, compiled when asked for
-            loop = self._compiled(graph, plan, b) if (self.compile and use_local) else _fixed_loop
+            loop = self._compiled(graph, plan, b) if (self.compile and use_local) else fixed_loop
             trace, gp = loop(grads_fn, self.optimizer, graph, plan, states, const, self.steps, learn_now, params)
             steps = self.steps if plan.relaxed else 0
         energy = torch.stack(trace) + fixed
         if not bool(torch.isfinite(energy).all()):
             raise _divergence(graph, states, energy, "inference", self.optimizer)
         if learn_now:
-            _param_step(weight_optimizer, gp)
+            param_step(weight_optimizer, gp)
         with torch.no_grad():
             for v in plan.leaves:
                 states[v] = E.mean(graph.nodes[v].spec.energy, graph.prediction(states, v))
@@ -140,24 +134,28 @@ class Solver:
             e, gx, gp = grads_fn(graph, plan, states, const, plan.terms, incremental, params)
             trace.append(e)
             if incremental:  # parameters change every step: recompute constant edges next time
-                _param_step(weight_optimizer, gp)
+                if not bool(torch.isfinite(e)):  # never step the parameters on a diverged energy
+                    raise _divergence(graph, states, torch.stack(trace), "inference", self.optimizer)
+                param_step(weight_optimizer, gp)
                 with torch.no_grad():
-                    const = _constant_edges(graph, plan, states)
+                    const = constant_edges(graph, plan, states)
             with torch.no_grad():
                 self.optimizer.step(xs, [gx[v] for v in plan.relaxed], buffers)
             steps += 1
             if self.tol is not None and steps % self.check_every == 0 and self._converged(gx, plan, b):
                 break
         learn = weight_optimizer is not None and not incremental
-        trace, gp = _finish(grads_fn, graph, plan, states, const, learn, params, trace)
+        trace, gp = finish(grads_fn, graph, plan, states, const, learn, params, trace)
         return trace, gp, steps
 
-    def _compiled(self, graph: CompiledGraph, plan: _Plan, b: int):
-        """torch.compile of :func:`_fixed_loop`, one per (graph, clamp set, batch size)."""
-        key = (id(graph), tuple(plan.relaxed), b)
+    def _compiled(self, graph: CompiledGraph, plan: Plan, b: int):
+        """torch.compile of :func:`fixed_loop` for the first batch size seen with this graph and
+        clamp set; other sizes (an epoch's last, smaller batch) run eagerly instead of recompiling."""
+        key = (id(graph), tuple(plan.relaxed))
         if key not in self._cache:
-            self._cache[key] = torch.compile(_fixed_loop, dynamic=False)
-        return self._cache[key]
+            self._cache[key] = (b, torch.compile(fixed_loop, dynamic=False))
+        size, fn = self._cache[key]
+        return fn if size == b else fixed_loop
 
     def step(self, graph: CompiledGraph, batch: States, optimizer: torch.optim.Optimizer) -> Relaxation:
         """One PC update on ``batch`` (relax and learn, per ``variant``); returns the relaxation."""
@@ -179,7 +177,7 @@ class Solver:
 
     # --- pieces ------------------------------------------------------------------------------
 
-    def _initial_states(self, graph: CompiledGraph, batch: States, plan: _Plan, init: States | None):
+    def _initial_states(self, graph: CompiledGraph, batch: States, plan: Plan, init: States | None):
         predicted: States = {}
         if self.init == "forward" and init is None:
             # clamped leaves are left out of the pass so it predicts them too (one edge each)
@@ -188,135 +186,21 @@ class Solver:
             states, kept = graph.feedforward({v: x for v, x in batch.items() if v not in out}, plan.const_edges)
             predicted = {v: states[v] for v in out}
             states.update(batch)
-            const = _sum_constants(graph, kept)
+            for i in plan.const_edges - kept.keys():  # constant edges into clamped nodes
+                kept[i] = local.edge_forward(graph.edges[i], states)
+            const = sum_constants(graph, kept)
         else:
             states = dict(batch)
             ref = next(iter(batch.values()))
             for v in plan.relaxed:
                 states[v] = init[v] if init is not None else graph.root_value(v, ref, self.init == "prior")
-            const = _constant_edges(graph, plan, states)
+            const = constant_edges(graph, plan, states)
         states = {v: x.detach().clone() if v in plan.relaxed else x for v, x in states.items()}
         return states, const, predicted
 
-    def _converged(self, gx: States, plan: _Plan, b: int) -> bool:
+    def _converged(self, gx: States, plan: Plan, b: int) -> bool:
         sq = sum(gx[v].reshape(b, -1).square().sum(1) for v in plan.relaxed)
         return bool(sq.max() <= self.tol**2)
-
-
-def _fixed_loop(grads_fn, optimizer, graph, plan, states, const, steps, learn, params):
-    """T inference steps with no host sync, then the energy (and, when ``learn``, the parameter
-    gradients) at the relaxed states. Returns (energy trace, parameter gradients or None)."""
-    xs = [states[v] for v in plan.relaxed]
-    buffers = optimizer.init(xs)
-    trace = []
-    for _ in range(steps if xs else 0):
-        e, gx, _ = grads_fn(graph, plan, states, const, plan.terms, False, params)
-        trace.append(e)
-        with torch.no_grad():
-            optimizer.step(xs, [gx[v] for v in plan.relaxed], buffers)
-    return _finish(grads_fn, graph, plan, states, const, learn, params, trace)
-
-
-def _finish(grads_fn, graph, plan, states, const, learn, params, trace):
-    """Append the energy at the relaxed states to ``trace``; when ``learn``, the same pass gives
-    the parameter gradients (over every energy term, the fixed ones included)."""
-    terms = plan.terms + plan.fixed_terms if learn else plan.terms
-    e, _, gp = grads_fn(graph, plan, states, const, terms, learn, params, need_states=False)
-    if learn:  # the trace counts fixed terms separately
-        e = e - sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), torch.zeros(()))
-    return [*trace, e.detach()], gp
-
-
-# --- gradient routes: closed-form local rules, or autograd --------------------------------------
-
-
-def _constant_edges(graph: CompiledGraph, plan: _Plan, states: States) -> dict:
-    return _sum_constants(graph, {i: local.edge_forward(graph.edges[i], states) for i in plan.const_edges})
-
-
-def _sum_constants(graph: CompiledGraph, kept: dict) -> dict:
-    """{edge: (output, tape)} -> {"mu": {node: summed constant prediction}, "tapes": kept}."""
-    mu: States = {}
-    for i, (y, _) in kept.items():
-        t = graph.edges[i].target
-        mu[t] = y if t not in mu else mu[t] + y
-    return {"mu": mu, "tapes": kept}
-
-
-def _local_grads(graph, plan, states, const, terms, want_params, params, need_states=True):
-    """(E, {node: dE/dx}, {param: batch mean of dE/dtheta} or None) from the closed-form rules."""
-    relaxed = set(plan.relaxed) if need_states else set()
-    gx: States = {}
-    gp: dict | None = {} if want_params else None
-    total = torch.zeros(())
-    with torch.no_grad():
-        for v in terms:
-            x, spec = states[v], graph.nodes[v].spec
-            if not graph.nodes[v].incoming:  # prior term
-                eps = spec.prior.precision * (x - spec.prior.mean)
-                total = total + 0.5 * torch.dot(eps.reshape(-1), (x - spec.prior.mean).reshape(-1))
-                if v in relaxed:
-                    _add(gx, v, eps)
-                continue
-            mu, tapes = const["mu"].get(v), []
-            for i in graph.nodes[v].incoming:
-                if i in plan.const_edges:
-                    if want_params:
-                        tapes.append((i, const["tapes"][i][1]))
-                    continue
-                y, tape = local.edge_forward(graph.edges[i], states)
-                mu = y if mu is None else mu + y
-                tapes.append((i, tape))
-            e, d_x, d_mu = local.node_terms(spec.energy, x, mu)
-            total = total + e
-            if want_params and not relaxed:  # pre-scale so parameter gradients are batch means
-                d_mu = d_mu / x.shape[0]
-            if v in relaxed:
-                _add(gx, v, d_x)
-            for i, tape in tapes:
-                edge = graph.edges[i]
-                need = any(s in relaxed for s in edge.sources)
-                g_src = local.edge_backward(edge, tape, d_mu, gp, need_inputs=need)
-                for s, g in zip(edge.sources, g_src or []):
-                    if s in relaxed:
-                        _add(gx, s, g)
-        if gp is not None and relaxed:
-            gp = {p: g / states[plan.relaxed[0]].shape[0] for p, g in gp.items()}
-    return total, gx, gp
-
-
-def _add(grads: States, v: str, g: Tensor) -> None:
-    grads[v] = grads[v] + g if v in grads else g
-
-
-def _autograd_grads(graph, plan, states, const, terms, want_params, params, need_states=True):
-    """The same as :func:`_local_grads` by ``torch.autograd.grad`` (the reference route)."""
-    xs = [states[v].requires_grad_() for v in plan.relaxed] if need_states else []
-    wrt = xs + (params if want_params else [])
-    with torch.enable_grad():
-        total = torch.zeros(())
-        for v in terms:
-            mu = None if want_params else const["mu"].get(v)  # parameters need every edge's graph
-            for i in graph.nodes[v].incoming:
-                if want_params or i not in plan.const_edges:
-                    y = graph.edges[i](states)
-                    mu = y if mu is None else mu + y
-            total = total + graph.node_energy(states, v, mu).sum()
-        grads = torch.autograd.grad(total, wrt, allow_unused=True) if wrt else []
-    for x in xs:
-        x.requires_grad_(False)
-    gx = dict(zip(plan.relaxed, grads[: len(xs)]))
-    b = next(iter(states.values())).shape[0]
-    gp = {p: g / b for p, g in zip(params, grads[len(xs):]) if g is not None} if want_params else None
-    return total.detach(), gx, gp
-
-
-def _param_step(opt: torch.optim.Optimizer, grads: dict) -> None:
-    """Install the (batch-mean) gradients and step the weight optimizer."""
-    for group in opt.param_groups:
-        for p in group["params"]:
-            p.grad = grads.get(p)
-    opt.step()
 
 
 def _check_batch(graph: CompiledGraph, batch: States) -> int:

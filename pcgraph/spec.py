@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from pcgraph._impl import problems
 from pcgraph.errors import SpecError, format_path
 from pcgraph.ops import Op, op_json_schema, parse_op
 
@@ -107,7 +108,7 @@ def _op_list(value: Any) -> list[Op]:
         except ValidationError as err:  # bad arguments of a known op: keep the sub-path
             e = err.errors()[0]
             sub = format_path((i, *e["loc"]))
-            raise PydanticCustomError("op_args", "{sub}: {msg}", {"sub": sub, "msg": _msg(e)}) from None
+            raise PydanticCustomError("op_args", "{sub}: {msg}", {"sub": sub, "msg": problems.message(e)}) from None
         except ValueError as err:
             raise PydanticCustomError("op_args", "{sub}: {msg}", {"sub": f"[{i}]", "msg": str(err)}) from None
     return ops
@@ -224,6 +225,12 @@ class LearningSpec(_Strict):
     """Parameter learning (eqs. 38-39)."""
 
     optimizer: WeightOptimizerSpec = Field(default_factory=WeightOptimizerSpec)
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="Learning-rate schedule over the whole run: constant, or cosine decay to 0."
+    )
+    warmup: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of the run's updates with a linear learning-rate warm-up."
+    )
     variant: Literal["standard", "incremental"] = Field(
         "standard",
         description="standard: relax T steps then one parameter step; incremental (iPC): a "
@@ -276,54 +283,6 @@ class GraphSpec(_Strict):
 # --- loading ------------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses duplicate mapping keys instead of keeping the last one."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                hash(key)
-            except TypeError:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"a mapping key must be a plain value, got {type(key).__name__}", key_node.start_mark
-                ) from None
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _msg(e: dict) -> str:
-    """One pydantic error as 'what was expected, got what came'."""
-    if e["type"] == "op_args":
-        return e["ctx"]["msg"]
-    if e["type"] == "extra_forbidden":
-        return "unknown field (not part of the spec format; see `pcgraph schema`)"
-    if e["type"] == "missing":
-        return "required field is missing"
-    if e["type"] == "value_error":
-        return e["msg"].removeprefix("Value error, ")
-    got = e.get("input")
-    text = e["msg"][0].lower() + e["msg"][1:]
-    if isinstance(got, (dict, list)) or got is None or "got " in text:
-        return text
-    return f"{text}, got {got!r}"
-
-
-def _path(e: dict) -> str:
-    loc = ["from" if part == "source" else part for part in e["loc"]]
-    # drop pydantic's union-member tags: ('inference', 'optimizer', 'sgd', 'lr') -> inference.optimizer.lr
-    loc = [p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] in ("optimizer", "energy") and p in ("sgd", "adam", "euler", "gaussian", "categorical"))]
-    path = format_path(tuple(loc))
-    if e["type"] == "op_args":
-        path += e["ctx"]["sub"]
-    return path
-
-
 def spec_from_dict(data: Any) -> GraphSpec:
     """Validate a plain mapping into a :class:`GraphSpec`; raises :class:`SpecError`."""
     if not isinstance(data, dict):
@@ -331,13 +290,13 @@ def spec_from_dict(data: Any) -> GraphSpec:
     try:
         return GraphSpec.model_validate(data)
     except ValidationError as err:
-        raise SpecError([(_path(e), _msg(e)) for e in err.errors()]) from None
+        raise SpecError([(problems.path(e), problems.message(e)) for e in err.errors()]) from None
 
 
 def spec_from_yaml(text: str) -> GraphSpec:
     """Parse YAML text (safe loader, duplicate keys refused) into a :class:`GraphSpec`."""
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=problems.UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -186,14 +185,6 @@ def test_train_cuda_unavailable(capsys):
     assert "cuda" in _one_error_line(err).lower()
 
 
-def _network_reachable() -> bool:
-    try:
-        with socket.create_connection(("ossci-datasets.s3.amazonaws.com", 443), timeout=3):
-            return True
-    except OSError:
-        return False
-
-
 def test_train_mnist_missing_data_download_fails(capsys, tmp_path, monkeypatch):
     """A failed download (whatever torchvision raises) is one error line naming --data-root."""
     import torchvision
@@ -213,13 +204,16 @@ def test_train_mnist_missing_data_download_fails(capsys, tmp_path, monkeypatch):
     assert "'mnist'" in line
 
 
-def test_train_mnist_missing_data_no_network(capsys, tmp_path, monkeypatch):
-    """The real thing: an empty --data-root and no network to download from."""
-    if _network_reachable():
-        pytest.skip("the network is reachable: torchvision would download MNIST")
-    monkeypatch.delenv("PCGRAPH_DATA", raising=False)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    rc, _, err = _run(capsys, "train", MNIST, "--data-root", str(empty), "--epochs", "1", "--no-progress")
+@pytest.mark.parametrize("args", [["--device", "foo"], ["--epochs", "0"], ["--epochs", "-1"]])
+def test_train_bad_arguments(capsys, args):
+    rc, _, err = _run(capsys, "train", DIGITS, "--no-progress", *args)
     assert rc == 2
-    assert "--data-root" in _one_error_line(err)
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_validate_unhashable_yaml_key(capsys, tmp_path):
+    bad = tmp_path / "u.yaml"
+    bad.write_text("name: t\n[a, b]: 1\n")
+    rc, _, err = _run(capsys, "validate", str(bad))
+    assert rc == 2
+    assert "line 2" in _one_error_line(err)

@@ -211,6 +211,25 @@ def test_energy_decreases_over_inference(case, init):
     r = pcgraph.Solver(steps=30, optimizer=StateSGD(0.02), init=init).relax(graph, _batch(graph, outputs))
     diffs = r.energy[1:] - r.energy[:-1]
     assert (diffs <= 1e-12 * (1 + r.energy[:-1].abs())).all(), r.energy
+    # the planned loop's last energy is the whole graph's energy at the relaxed states
+    assert torch.allclose(r.energy[-1], graph.energy(r.states), rtol=1e-10)
+
+
+def test_clamped_middle_node_keeps_its_constant_prediction():
+    """a -> b <- c, b -> d with a, b, d clamped: the a -> b prediction is constant but counts."""
+    g = pcgraph.Graph("t")
+    for v, observed in (("a", True), ("b", True), ("c", False), ("d", True)):
+        g.node(v, 3, observed=observed)
+    g.node("z", 2, prior={"mean": 0.0, "precision": 1.0})
+    g.edge("z", "c", "linear", "tanh")
+    g.edge("a", "b", "linear")
+    g.edge("c", "b", "linear", "tanh")
+    g.edge("b", "d", "linear")
+    graph = pcgraph.compile(g.spec()).double()
+    batch = {v: torch.randn(4, 3, dtype=f64) for v in "abd"}
+    for local_rules in (True, False):
+        r = pcgraph.Solver(steps=5, local_rules=local_rules).relax(graph, batch)
+        assert torch.allclose(r.energy[-1], graph.energy(r.states), rtol=1e-10)
 
 
 @settings(max_examples=40, deadline=None)
@@ -231,3 +250,18 @@ def test_local_rules_equal_autograd(case, variant):
         assert torch.allclose(results[0].states[v], results[1].states[v], rtol=1e-10, atol=1e-12)
     for p, q in zip(*(g.parameters() for g in graphs)):
         assert torch.allclose(p, q, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_compiled_loop_matches_eager():
+    graphs = [chain([6, 5, 4, 3], "tanh").float() for _ in range(2)]
+    graphs[1].load_state_dict(graphs[0].state_dict())
+    batch = {"x0": torch.randn(8, 6), "x3": torch.randn(8, 3)}
+    results = []
+    for graph, compiled in zip(graphs, (False, True)):
+        solver = pcgraph.Solver(steps=5, optimizer=StateSGD(0.1, 0.5), compile=compiled)
+        for _ in range(2):
+            results.append(solver.step(graph, batch, torch.optim.SGD(graph.parameters(), lr=0.1)))
+    assert torch.allclose(results[1].energy, results[3].energy, rtol=1e-5)
+    for p, q in zip(*(g.parameters() for g in graphs)):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-6)

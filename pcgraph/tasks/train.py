@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from pcgraph.data import Dataset, load_dataset
 from pcgraph.errors import SpecError, UsageError
 from pcgraph.optim import weight_optimizer
 from pcgraph.solve import Solver
-from pcgraph.spec import DataSpec, GraphSpec
+from pcgraph.spec import DataSpec, GraphSpec, LearningSpec
 
 
 @dataclass
@@ -54,6 +55,22 @@ def prepare(data: Dataset, spec: DataSpec, graph: CompiledGraph, device) -> tupl
         raise SpecError(f"node {spec.target!r} must have shape [{data.num_classes}] for one-hot "
                         f"labels, got {list(graph.nodes[spec.target].shape)}", "data.target")
     return out[0].to(device), data.y_train.to(device), out[1].to(device), data.y_test.to(device)
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, learning: LearningSpec, updates: int):
+    """Per-update learning-rate factor: linear warm-up over ``warmup * updates``, then constant or
+    cosine decay to 0 at the last update."""
+    warm = int(learning.warmup * updates)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if learning.schedule == "constant":
+            return 1.0
+        progress = (step - warm) / max(1, updates - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -136,6 +153,7 @@ def train(spec: GraphSpec, *, epochs: int | None = None, data_root: str | None =
         (out / "metrics.jsonl").write_text("")
     history: list[dict] = []
     n_epochs = spec.train.epochs if epochs is None else epochs
+    scheduler = lr_schedule(optimizer, spec.learning, n_epochs * -(-len(x_train) // d.batch_size))
     for epoch in range(1, n_epochs + 1):
         start = time.perf_counter()
         perm = torch.randperm(len(x_train), generator=gen).to(dev)
@@ -152,6 +170,7 @@ def train(spec: GraphSpec, *, epochs: int | None = None, data_root: str | None =
                 with torch.no_grad():
                     predicted = graph({d.input: batch[d.input]})[d.target]
                 energy += bp_step(graph, batch, optimizer) * len(idx)
+            scheduler.step()
             if predicted is not None:
                 correct += (predicted.argmax(1) == y_train[idx]).sum()
             seen += len(idx)

@@ -1,0 +1,149 @@
+"""The inner loop of inference and the two gradient routes it can take.
+
+:class:`Plan` decides, from the clamp set, which nodes are relaxed, which edges are constant for
+the whole relaxation and which energy terms the loop evaluates. :func:`fixed_loop` runs T steps
+with no host sync (the part ``torch.compile`` may compile). The gradient routes return the same
+thing, (E, {node: dE/dx}, {param: batch-mean dE/dtheta}): :func:`local_grads` from the closed-form
+rules of :mod:`pcgraph._impl.local`, :func:`autograd_grads` from ``torch.autograd.grad``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pcgraph._impl import local
+from pcgraph.compile import CompiledGraph, States
+
+
+class Plan:
+    """Which nodes are relaxed, which edges are constant and which energy terms the loop needs."""
+
+    def __init__(self, graph: CompiledGraph, clamped: set[str]):
+        nodes = graph.nodes
+        free = [v for v in graph.order if v not in clamped]
+        self.leaves = [v for v in free if nodes[v].incoming and not nodes[v].outgoing]
+        self.relaxed = [v for v in free if v not in self.leaves]
+        relaxed = set(self.relaxed)
+        self.const_edges = frozenset(
+            i for i, e in enumerate(graph.edges) if all(s in clamped for s in e.sources))
+        energetic = [v for v in graph.order if nodes[v].has_energy and v not in self.leaves]
+        self.terms = [v for v in energetic if v in relaxed or any(
+            s in relaxed for i in nodes[v].incoming for s in graph.edges[i].sources)]
+        self.fixed_terms = [v for v in energetic if v not in self.terms]
+
+
+def fixed_loop(grads_fn, optimizer, graph, plan, states, const, steps, learn, params):
+    """T inference steps with no host sync, then the energy (and, when ``learn``, the parameter
+    gradients) at the relaxed states. Returns (energy trace, parameter gradients or None)."""
+    xs = [states[v] for v in plan.relaxed]
+    buffers = optimizer.init(xs)
+    trace = []
+    for _ in range(steps if xs else 0):
+        e, gx, _ = grads_fn(graph, plan, states, const, plan.terms, False, params)
+        trace.append(e)
+        with torch.no_grad():
+            optimizer.step(xs, [gx[v] for v in plan.relaxed], buffers)
+    return finish(grads_fn, graph, plan, states, const, learn, params, trace)
+
+
+def finish(grads_fn, graph, plan, states, const, learn, params, trace):
+    """Append the energy at the relaxed states to ``trace``; when ``learn``, the same pass gives
+    the parameter gradients (over every energy term, the fixed ones included)."""
+    terms = plan.terms + plan.fixed_terms if learn else plan.terms
+    e, _, gp = grads_fn(graph, plan, states, const, terms, learn, params, need_states=False)
+    if learn:  # the trace counts fixed terms separately
+        e = e - sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), torch.zeros(()))
+    return [*trace, e.detach()], gp
+
+
+# --- gradient routes: closed-form local rules, or autograd --------------------------------------
+
+
+def constant_edges(graph: CompiledGraph, plan: Plan, states: States) -> dict:
+    return sum_constants(graph, {i: local.edge_forward(graph.edges[i], states) for i in plan.const_edges})
+
+
+def sum_constants(graph: CompiledGraph, kept: dict) -> dict:
+    """{edge: (output, tape)} -> {"mu": {node: summed constant prediction}, "tapes": kept}."""
+    mu: States = {}
+    for i, (y, _) in kept.items():
+        t = graph.edges[i].target
+        mu[t] = y if t not in mu else mu[t] + y
+    return {"mu": mu, "tapes": kept}
+
+
+def local_grads(graph, plan, states, const, terms, want_params, params, need_states=True):
+    """(E, {node: dE/dx}, {param: batch mean of dE/dtheta} or None) from the closed-form rules."""
+    relaxed = set(plan.relaxed) if need_states else set()
+    gx: States = {}
+    gp: dict | None = {} if want_params else None
+    total = torch.zeros(())
+    with torch.no_grad():
+        for v in terms:
+            x, spec = states[v], graph.nodes[v].spec
+            if not graph.nodes[v].incoming:  # prior term
+                eps = spec.prior.precision * (x - spec.prior.mean)
+                total = total + 0.5 * torch.dot(eps.reshape(-1), (x - spec.prior.mean).reshape(-1))
+                if v in relaxed:
+                    _add(gx, v, eps)
+                continue
+            mu, tapes = const["mu"].get(v), []
+            for i in graph.nodes[v].incoming:
+                if i in plan.const_edges:
+                    if want_params:
+                        tapes.append((i, const["tapes"][i][1]))
+                    continue
+                y, tape = local.edge_forward(graph.edges[i], states)
+                mu = y if mu is None else mu + y
+                tapes.append((i, tape))
+            e, d_x, d_mu = local.node_terms(spec.energy, x, mu)
+            total = total + e
+            if want_params and not relaxed:  # pre-scale so parameter gradients are batch means
+                d_mu = d_mu / x.shape[0]
+            if v in relaxed:
+                _add(gx, v, d_x)
+            for i, tape in tapes:
+                edge = graph.edges[i]
+                need = any(s in relaxed for s in edge.sources)
+                g_src = local.edge_backward(edge, tape, d_mu, gp, need_inputs=need)
+                for s, g in zip(edge.sources, g_src or []):
+                    if s in relaxed:
+                        _add(gx, s, g)
+        if gp is not None and relaxed:
+            gp = {p: g / states[plan.relaxed[0]].shape[0] for p, g in gp.items()}
+    return total, gx, gp
+
+
+def _add(grads: States, v: str, g: Tensor) -> None:
+    grads[v] = grads[v] + g if v in grads else g
+
+
+def autograd_grads(graph, plan, states, const, terms, want_params, params, need_states=True):
+    """The same as :func:`local_grads` by ``torch.autograd.grad`` (the reference route)."""
+    xs = [states[v].requires_grad_() for v in plan.relaxed] if need_states else []
+    wrt = xs + (params if want_params else [])
+    with torch.enable_grad():
+        total = torch.zeros(())
+        for v in terms:
+            mu = None if want_params else const["mu"].get(v)  # parameters need every edge's graph
+            for i in graph.nodes[v].incoming:
+                if want_params or i not in plan.const_edges:
+                    y = graph.edges[i](states)
+                    mu = y if mu is None else mu + y
+            total = total + graph.node_energy(states, v, mu).sum()
+        grads = torch.autograd.grad(total, wrt, allow_unused=True) if wrt else []
+    for x in xs:
+        x.requires_grad_(False)
+    gx = dict(zip(plan.relaxed, grads[: len(xs)]))
+    b = next(iter(states.values())).shape[0]
+    gp = {p: g / b for p, g in zip(params, grads[len(xs):]) if g is not None} if want_params else None
+    return total.detach(), gx, gp
+
+
+def param_step(opt: torch.optim.Optimizer, grads: dict) -> None:
+    """Install the (batch-mean) gradients and step the weight optimizer."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            p.grad = grads.get(p)
+    opt.step()

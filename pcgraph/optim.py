@@ -24,8 +24,14 @@ class StateSGD:
     def init(self, xs: list[Tensor]) -> list[Tensor]:
         return [torch.zeros_like(x) for x in xs] if self.momentum else []
 
-    def step(self, xs: list[Tensor], grads: list[Tensor], buffers: list[Tensor]) -> None:
+    def step(self, xs: list[Tensor], grads: list[Tensor | None], buffers: list[Tensor]) -> None:
+        """Update in place; a ``None`` gradient marks a state that has not moved yet (skipped)."""
+        on = [k for k, g in enumerate(grads) if g is not None]
+        xs, grads = [xs[k] for k in on], [grads[k] for k in on]
+        if not xs:
+            return
         if self.momentum:
+            buffers = [buffers[k] for k in on]
             torch._foreach_mul_(buffers, self.momentum)
             torch._foreach_add_(buffers, grads)
             grads = buffers
@@ -41,9 +47,16 @@ class StateAdam:
     def init(self, xs: list[Tensor]) -> list:
         return [[torch.zeros_like(x) for x in xs], [torch.zeros_like(x) for x in xs], [0]]
 
-    def step(self, xs: list[Tensor], grads: list[Tensor], buffers: list) -> None:
+    def step(self, xs: list[Tensor], grads: list[Tensor | None], buffers: list) -> None:
+        """Update in place; a ``None`` gradient marks a state that has not moved yet (its moments
+        are still zero, so skipping it is exact; the step count t is shared)."""
+        on = [k for k, g in enumerate(grads) if g is not None]
         m, v, t = buffers
         t[0] += 1
+        xs, grads = [xs[k] for k in on], [grads[k] for k in on]
+        m, v = [m[k] for k in on], [v[k] for k in on]
+        if not xs:
+            return
         b1, b2 = self.betas
         torch._foreach_lerp_(m, grads, 1 - b1)
         torch._foreach_mul_(v, b2)

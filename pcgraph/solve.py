@@ -183,12 +183,13 @@ class Solver:
             # clamped leaves are left out of the pass so it predicts them too (one edge each)
             out = {v for v in batch if graph.nodes[v].incoming and not graph.nodes[v].outgoing}
             out = out if len(out) < len(batch) else set()
-            states, kept = graph.feedforward({v: x for v, x in batch.items() if v not in out}, plan.const_edges)
+            every = frozenset(range(len(graph.edges)))
+            states, kept = graph.feedforward({v: x for v, x in batch.items() if v not in out}, every)
             predicted = {v: states[v] for v in out}
             states.update(batch)
             for i in plan.const_edges - kept.keys():  # constant edges into clamped nodes
                 kept[i] = local.edge_forward(graph.edges[i], states)
-            const = sum_constants(graph, kept)
+            const = sum_constants(graph, plan, kept, fresh=True)
         else:
             states = dict(batch)
             ref = next(iter(batch.values()))

@@ -26,10 +26,16 @@ def test_bench_helpers_count_flops_and_time_matmul():
     # BP: forward + backward of a 64-64-64-10 net at batch 32 is 3 x 2 x 32 x 8,832 MACs, minus the
     # input gradient of the first layer (2 x 32 x 64 x 64): 3,129,344 FLOPs from matmuls
     assert bp == 3 * 2 * 32 * (64 * 64 + 64 * 64 + 64 * 10) - 2 * 32 * 64 * 64
-    # PC with T = 8 and forward init; the image -> h1 prediction is constant (its source is clamped):
-    # init: one forward pass; each step: the two non-constant predictions and their two state VJPs;
-    # after relaxing: those predictions once more, then every layer's weight gradient, nothing else
-    forward = 2 * 32 * (64 * 64 + 64 * 64 + 64 * 10)
-    loop_layers = 2 * 32 * (64 * 64 + 64 * 10)
-    assert pc == forward + 8 * 2 * loop_layers + loop_layers + forward
+    # PC with T = 8 and forward init. image -> h1 is constant (its source is clamped). After the
+    # init pass only the label has an error, and it reaches one layer deeper per step:
+    # step 0: the label's VJP into h2; step 1: h2 moved, so the h2 -> label prediction and both
+    # VJPs; steps 2-7: both non-constant predictions and both VJPs; after relaxing: those two
+    # predictions once more, then every layer's weight gradient, nothing else.
+    def mm(*sizes):
+        return sum(2 * 32 * n for n in sizes)
+
+    l1, l2, l3 = 64 * 64, 64 * 64, 64 * 10
+    expected = (mm(l1, l2, l3) + mm(l3) + mm(l2, l3, l3) + 6 * mm(l2, l3, l2, l3)
+                + mm(l2, l3) + mm(l1, l2, l3))
+    assert pc == expected
     assert bench.matmul_gflops([(8, 8, 8)], repeat=2) > 0

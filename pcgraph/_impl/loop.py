@@ -31,6 +31,31 @@ class Plan:
         self.terms = [v for v in energetic if v in relaxed or any(
             s in relaxed for i in nodes[v].incoming for s in graph.edges[i].sources)]
         self.fixed_terms = [v for v in energetic if v not in self.terms]
+        self.clamped = clamped
+
+    def schedule(self, graph: CompiledGraph, steps: int, cached: frozenset[int], fresh: bool) -> list:
+        """Per step (and once more for the pass after the last step): the energy terms whose
+        error can be nonzero and the edges whose output can differ from the cached one.
+
+        After a forward init (``fresh``) every relaxed node sits at its prediction, so only errors
+        at clamped nodes are nonzero; a node moves only once an error reaches it, one edge per step.
+        Terms with a zero error contribute nothing and edges whose sources have not moved keep
+        their cached output, so both are skipped: the result is the same, with less work.
+        """
+        nodes, edges = graph.nodes, graph.edges
+        moved = set() if fresh else set(self.relaxed)
+        relaxed = set(self.relaxed)
+        out = []
+        for _ in range(steps + 1):
+            recompute = frozenset(i for i in range(len(edges)) if i not in self.const_edges
+                                  and (i not in cached or any(s in moved for s in edges[i].sources)))
+            terms = [v for v in self.terms if v in self.clamped or v in moved or not nodes[v].incoming
+                     or any(i in recompute for i in nodes[v].incoming)]
+            out.append((terms, recompute))
+            for v in terms:  # the nodes these errors push move from the next step on
+                moved |= {v} & relaxed
+                moved |= {s for i in nodes[v].incoming for s in edges[i].sources if s in relaxed}
+        return out
 
 
 def fixed_loop(grads_fn, optimizer, graph, plan, states, const, steps, learn, params):
@@ -39,19 +64,22 @@ def fixed_loop(grads_fn, optimizer, graph, plan, states, const, steps, learn, pa
     xs = [states[v] for v in plan.relaxed]
     buffers = optimizer.init(xs)
     trace = []
-    for _ in range(steps if xs else 0):
-        e, gx, _ = grads_fn(graph, plan, states, const, plan.terms, False, params)
+    schedule = plan.schedule(graph, steps if xs else 0, frozenset(const["cache"]), const["fresh"])
+    for terms, recompute in schedule[:-1]:
+        e, gx, _ = grads_fn(graph, plan, states, const, terms, False, params, recompute=recompute)
         trace.append(e)
-        with torch.no_grad():
-            optimizer.step(xs, [gx[v] for v in plan.relaxed], buffers)
-    return finish(grads_fn, graph, plan, states, const, learn, params, trace)
+        with torch.no_grad():  # a node with no gradient yet has not moved: no update at all
+            optimizer.step(xs, [gx.get(v) for v in plan.relaxed], buffers)
+    return finish(grads_fn, graph, plan, states, const, learn, params, trace, *schedule[-1])
 
 
-def finish(grads_fn, graph, plan, states, const, learn, params, trace):
+def finish(grads_fn, graph, plan, states, const, learn, params, trace, terms=None, recompute=None):
     """Append the energy at the relaxed states to ``trace``; when ``learn``, the same pass gives
     the parameter gradients (over every energy term, the fixed ones included)."""
-    terms = plan.terms + plan.fixed_terms if learn else plan.terms
-    e, _, gp = grads_fn(graph, plan, states, const, terms, learn, params, need_states=False)
+    terms = plan.terms if terms is None else terms
+    terms = terms + plan.fixed_terms if learn else terms
+    e, _, gp = grads_fn(graph, plan, states, const, terms, learn, params, need_states=False,
+                        recompute=recompute)
     if learn:  # the trace counts fixed terms separately
         e = e - sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), torch.zeros(()))
     return [*trace, e.detach()], gp
@@ -61,19 +89,22 @@ def finish(grads_fn, graph, plan, states, const, learn, params, trace):
 
 
 def constant_edges(graph: CompiledGraph, plan: Plan, states: States) -> dict:
-    return sum_constants(graph, {i: local.edge_forward(graph.edges[i], states) for i in plan.const_edges})
+    return sum_constants(graph, plan, {i: local.edge_forward(graph.edges[i], states) for i in plan.const_edges})
 
 
-def sum_constants(graph: CompiledGraph, kept: dict) -> dict:
-    """{edge: (output, tape)} -> {"mu": {node: summed constant prediction}, "tapes": kept}."""
+def sum_constants(graph: CompiledGraph, plan: Plan, kept: dict, fresh: bool = False) -> dict:
+    """{edge: (output, tape)} -> {"mu": {node: summed constant prediction}, "tapes": the constant
+    edges', "cache": the other edges' (outputs at the initial states), "fresh": forward init?}."""
     mu: States = {}
-    for i, (y, _) in kept.items():
+    for i in plan.const_edges:
         t = graph.edges[i].target
-        mu[t] = y if t not in mu else mu[t] + y
-    return {"mu": mu, "tapes": kept}
+        mu[t] = kept[i][0] if t not in mu else mu[t] + kept[i][0]
+    tapes = {i: kept[i] for i in plan.const_edges}
+    cache = {i: out for i, out in kept.items() if i not in plan.const_edges}
+    return {"mu": mu, "tapes": tapes, "cache": cache, "fresh": fresh}
 
 
-def local_grads(graph, plan, states, const, terms, want_params, params, need_states=True):
+def local_grads(graph, plan, states, const, terms, want_params, params, need_states=True, recompute=None):
     """(E, {node: dE/dx}, {param: batch mean of dE/dtheta} or None) from the closed-form rules."""
     relaxed = set(plan.relaxed) if need_states else set()
     gx: States = {}
@@ -94,7 +125,10 @@ def local_grads(graph, plan, states, const, terms, want_params, params, need_sta
                     if want_params:
                         tapes.append((i, const["tapes"][i][1]))
                     continue
-                y, tape = local.edge_forward(graph.edges[i], states)
+                if recompute is None or i in recompute:
+                    y, tape = local.edge_forward(graph.edges[i], states)
+                else:  # its sources have not moved since the initial pass
+                    y, tape = const["cache"][i]
                 mu = y if mu is None else mu + y
                 tapes.append((i, tape))
             e, d_x, d_mu = local.node_terms(spec.energy, x, mu)
@@ -119,7 +153,7 @@ def _add(grads: States, v: str, g: Tensor) -> None:
     grads[v] = grads[v] + g if v in grads else g
 
 
-def autograd_grads(graph, plan, states, const, terms, want_params, params, need_states=True):
+def autograd_grads(graph, plan, states, const, terms, want_params, params, need_states=True, recompute=None):
     """The same as :func:`local_grads` by ``torch.autograd.grad`` (the reference route)."""
     xs = [states[v].requires_grad_() for v in plan.relaxed] if need_states else []
     wrt = xs + (params if want_params else [])
@@ -142,8 +176,10 @@ def autograd_grads(graph, plan, states, const, terms, want_params, params, need_
 
 
 def param_step(opt: torch.optim.Optimizer, grads: dict) -> None:
-    """Install the (batch-mean) gradients and step the weight optimizer."""
+    """Install the (batch-mean) gradients and step the weight optimizer. A parameter missing from
+    ``grads`` had only zero-error terms below it: its gradient is exactly zero."""
     for group in opt.param_groups:
         for p in group["params"]:
-            p.grad = grads.get(p)
+            g = grads.get(p)
+            p.grad = torch.zeros_like(p) if g is None else g
     opt.step()

@@ -65,6 +65,8 @@ def cmd_train(args) -> int:
     spec = load_spec(args.spec)
     if args.compile:
         spec = spec.model_copy(update={"inference": spec.inference.model_copy(update={"compile": True})})
+    if args.seed is not None:
+        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": args.seed})})
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     result = train(spec, epochs=args.epochs, data_root=args.data_root, device=args.device, out=args.out,
                    progress=not args.no_progress, log=log)
@@ -118,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root", help="folder with the data set's files (default: $PCGRAPH_DATA)")
     t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     t.add_argument("--out", help="write spec.yaml, metrics.jsonl and model.pt here")
+    t.add_argument("--seed", type=int, help="override train.seed")
     t.add_argument("--compile", action="store_true", help="torch.compile the inference loop")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="epoch lines to stderr, final figures as JSON on stdout")

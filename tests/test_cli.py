@@ -217,3 +217,15 @@ def test_validate_unhashable_yaml_key(capsys, tmp_path):
     rc, _, err = _run(capsys, "validate", str(bad))
     assert rc == 2
     assert "line 2" in _one_error_line(err)
+
+
+def test_train_divergence_exits_1_with_the_node_and_writes_no_model(capsys, tmp_path):
+    spec = load_spec(DIGITS)
+    wild = spec.model_copy(update={"inference": spec.inference.model_copy(
+        update={"optimizer": spec.inference.optimizer.model_copy(update={"lr": 1e4}), "steps": 30})})
+    path = tmp_path / "wild.yaml"
+    path.write_text(wild.to_yaml())
+    rc, _, err = _run(capsys, "train", str(path), "--epochs", "1", "--no-progress", "--out", str(tmp_path / "run"))
+    assert rc == 1
+    assert err.startswith("pcgraph: diverged:") and "h1" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "model.pt").exists()

@@ -15,11 +15,12 @@ from pcgraph.ops import Op, register_op
 from pcgraph.optim import StateAdam, StateSGD
 from pcgraph.solve import Relaxation, Solver
 from pcgraph.spec import GraphSpec, json_schema, load_spec, spec_from_dict, spec_from_yaml
-from pcgraph.tasks import TrainResult, evaluate, train
+from pcgraph.tasks import BPCheck, TrainResult, bp_gradients, evaluate, train, verify_bp
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BPCheck", "bp_gradients", "verify_bp",
     "CompiledGraph", "DataError", "Dataset", "DivergenceError", "Graph", "GraphSpec", "Op",
     "PCGraphError", "PCGraphWarning", "Relaxation", "Solver", "SpecError", "StateAdam", "StateSGD",
     "TrainResult", "compile", "evaluate", "json_schema", "load_dataset", "load_spec", "register_op",

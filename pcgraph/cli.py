@@ -1,4 +1,4 @@
-"""The ``pcgraph`` command line: validate, schema, show, train.
+"""The ``pcgraph`` command line: validate, schema, show, train, verify-bp.
 
 Bad input (a missing or invalid spec, a missing data set, an unknown device) prints one line on
 stderr and exits with status 2; a diverging run exits with status 1. With ``--json`` the last
@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from pcgraph.errors import DivergenceError, PCGraphError
+from pcgraph.errors import DivergenceError, PCGraphError, UsageError
 
 
 def _graph(args):
@@ -78,6 +78,91 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_verify_bp(args) -> int:
+    import torch
+
+    from pcgraph.tasks.verify import check_verifiable, random_batch, verify_bp
+
+    spec, graph = _graph(args)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    graph = graph.to(dtype)
+    observed = [v for v, n in graph.nodes.items() if n.spec.role == "observed"]
+    if args.random_batch or spec.data is None:
+        batch = random_batch(graph, observed, args.batch_size, dtype, args.seed)
+    else:
+        batch = _data_batch(spec, graph, args, dtype)
+    check_verifiable(graph, batch)
+    result = verify_bp(graph, batch, args.mode, scales=tuple(args.precision_scales), steps=tuple(args.steps),
+                       tol=args.tol)
+    if result.mode == "exact":
+        print(f"exact mode (fixed prediction, T = {graph.depth}), batch {args.batch_size}, {args.dtype}")
+    else:
+        print(f"approx mode: output precision x s, PC gradient / s; state SGD 0.1, momentum 0.9; "
+              f"batch {args.batch_size}, {args.dtype}")
+        _table(("scale s", "steps T", "min cosine", "mean cosine", "max rel. error"),
+               [(f"{r['scale']:g}", r["steps"], f"{r['min_cosine']:.6f}", f"{r['mean_cosine']:.6f}",
+                 f"{r['max_rel_error']:.3e}") for r in result.sweep])
+        print(f"\nper parameter at s = {result.sweep[-1]['scale']:g}, T = {result.sweep[-1]['steps']}:")
+    _table(("parameter", "cosine", "rel. error", "norm ratio"),
+           [(r.name, f"{r.cosine:.8f}", f"{r.rel_error:.3e}", f"{r.norm_ratio:.6f}") for r in result.rows])
+    if result.mode == "exact":
+        print(f"\nworst relative error {result.worst_rel_error:.3e} (tolerance {result.tol:g}): "
+              + ("OK" if result.ok else "FAILED"))
+    if args.plot:
+        _plot_sweep(result, args.plot)
+    if args.json:
+        print(result.to_json())
+    return 0 if result.ok else 1
+
+
+def _data_batch(spec, graph, args, dtype):
+    import torch.nn.functional as F
+
+    from pcgraph.data import load_dataset
+    from pcgraph.tasks.train import prepare
+
+    d = spec.data
+    x, y, _, _ = prepare(load_dataset(d.dataset, args.data_root), d, graph, "cpu")
+    batch = {d.input: x[: args.batch_size].to(dtype)}
+    if d.target is not None:
+        batch[d.target] = F.one_hot(y[: args.batch_size], graph.nodes[d.target].shape[0]).to(dtype)
+    return batch
+
+
+def _plot_sweep(result, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if result.mode != "approx":
+        raise UsageError("--plot draws the approx-mode sweep; add --mode approx")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for t in sorted({r["steps"] for r in result.sweep}):
+        rows = [r for r in result.sweep if r["steps"] == t]
+        ax.loglog([r["scale"] for r in rows], [r["max_rel_error"] for r in rows], "o-", label=f"T = {t}")
+    ax.set_xlabel("output precision scale s")
+    ax.set_ylabel("max relative error of PC / s vs BP")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def _int_list(text: str) -> list[int]:
+    return [_positive_int(v.strip()) for v in text.split(",") if v.strip()]
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
@@ -125,6 +210,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="epoch lines to stderr, final figures as JSON on stdout")
     t.set_defaults(fn=cmd_train)
+    vb = sub.add_parser("verify-bp", help="compare PC's parameter gradients with backprop's")
+    vb.add_argument("spec")
+    vb.add_argument("--mode", choices=["exact", "approx"], default="exact",
+                    help="exact: fixed prediction, must match BP; approx: output precision sweep")
+    vb.add_argument("--precision-scales", type=_float_list, default=[1.0, 0.1, 0.01, 0.001],
+                    help="approx mode: output precision scales s (default 1,0.1,0.01,0.001)")
+    vb.add_argument("--steps", type=_int_list, default=[200], help="approx mode: inference steps T (default 200)")
+    vb.add_argument("--random-batch", action="store_true", help="random tensors instead of the spec's data")
+    vb.add_argument("--batch-size", type=_positive_int, default=64)
+    vb.add_argument("--data-root", help="folder with the data set's files (default: $PCGRAPH_DATA)")
+    vb.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    vb.add_argument("--tol", type=float, help="exact mode: largest relative error allowed")
+    vb.add_argument("--seed", type=int, default=0, help="seed of the random batch")
+    vb.add_argument("--plot", help="approx mode: save the error-vs-scale curve as a PNG")
+    vb.add_argument("--json", action="store_true", help="last line: the result as JSON")
+    vb.set_defaults(fn=cmd_verify_bp)
     return p
 
 

@@ -146,6 +146,15 @@ class CompiledGraph(nn.Module):
 
     # --- sizes --------------------------------------------------------------------------------
 
+    @property
+    def depth(self) -> int:
+        """Edges on the longest path (acyclic graphs): how far an error may have to travel."""
+        dist = dict.fromkeys(self.order, 0)
+        for v in self.order:
+            for i in self.nodes[v].incoming:
+                dist[v] = max(dist[v], 1 + max(dist[s] for s in self.edges[i].sources))
+        return max(dist.values())
+
     def states_per_sample(self, clamped: set[str] | None = None) -> int:
         """Number of inferred scalars per sample (``clamped`` defaults to the observed nodes)."""
         if clamped is None:

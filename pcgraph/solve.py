@@ -36,7 +36,7 @@ from pcgraph._impl.loop import (
     sum_constants,
 )
 from pcgraph.compile import CompiledGraph, States
-from pcgraph.errors import DivergenceError
+from pcgraph.errors import DivergenceError, SpecError
 from pcgraph.optim import StateAdam, StateSGD, state_optimizer
 from pcgraph.spec import SGD, GraphSpec
 
@@ -62,8 +62,11 @@ class Solver:
         init: ``forward`` (feedforward pass), ``zeros`` or ``prior`` (prior mean, else zeros).
         tol: stop when every sample's state-gradient norm is below ``tol`` (checked every
             ``check_every`` steps, the only host sync of the loop).
-        variant: ``standard`` (relax, then one parameter step) or ``incremental`` (iPC: a
-            parameter step after every inference step).
+        variant: ``standard`` (relax, then one parameter step), ``incremental`` (iPC: a
+            parameter step after every inference step) or ``exact`` (fixed prediction: during
+            inference every prediction and its Jacobian stay at the feedforward pass; T is the
+            graph's depth with unit Euler steps, so each step carries the errors one edge further,
+            as in Z-IL, and the parameter gradient equals backprop's on any acyclic graph).
         local_rules: use the closed-form local rules when the graph's ops allow (default), or
             always autograd (``False``).
         compile: ``torch.compile`` the fixed-step loop (local rules, no ``tol``, standard PC):
@@ -76,8 +79,8 @@ class Solver:
                  local_rules: bool = True, compile: bool = False):
         if init not in ("forward", "zeros", "prior"):
             raise ValueError(f"init must be forward, zeros or prior, got {init!r}")
-        if variant not in ("standard", "incremental"):
-            raise ValueError(f"variant must be standard or incremental, got {variant!r}")
+        if variant not in ("standard", "incremental", "exact"):
+            raise ValueError(f"variant must be standard, incremental or exact, got {variant!r}")
         self.steps, self.init, self.tol, self.check_every = steps, init, tol, check_every
         self.variant, self.local_rules, self.compile = variant, local_rules, compile
         self._cache: dict = {}
@@ -96,20 +99,41 @@ class Solver:
     def relax(self, graph: CompiledGraph, batch: States, init: States | None = None,
               weight_optimizer: torch.optim.Optimizer | None = None) -> Relaxation:
         """Infer every node not in ``batch``; ``init`` optionally gives starting states (warm
-        start). With ``weight_optimizer`` the parameters learn too: after relaxation (standard)
-        or after every step (incremental)."""
+        start). With ``weight_optimizer`` the parameters learn too: after relaxation (standard,
+        exact) or after every step (incremental)."""
+        return self._run(graph, batch, init, weight_optimizer, False)[0]
+
+    def gradients(self, graph: CompiledGraph, batch: States) -> tuple[Relaxation, dict[str, Tensor]]:
+        """Relax, then return the batch-mean parameter gradient dE/dtheta at the relaxed states
+        (what a learning step would use), by parameter name, without changing any parameter."""
+        relaxation, grads = self._run(graph, batch, None, None, True)
+        return relaxation, {name: grads.get(p, torch.zeros_like(p)) for name, p in graph.named_parameters()}
+
+    def _run(self, graph, batch, init, weight_optimizer, want_grads):
         b = _check_batch(graph, batch)
         plan = Plan(graph, set(batch))
+        exact = self.variant == "exact"
         use_local = self.local_rules and local.supported(graph)
+        if exact and not (graph.acyclic and use_local):
+            raise SpecError("the exact variant needs an acyclic graph whose ops all have local rules",
+                            "learning.variant")
         incremental = weight_optimizer is not None and self.variant == "incremental"
         with torch.no_grad():
-            states, const, predicted = self._initial_states(graph, batch, plan, init)
+            states, const, predicted = self._initial_states(graph, batch, plan, None if exact else init)
             fixed = sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), torch.zeros(()))
         grads_fn = local_grads if use_local else autograd_grads
         params = [p for p in graph.parameters() if p.requires_grad]
-        learn_now = weight_optimizer is not None and not incremental
-        if incremental or self.tol is not None:
-            trace, gp, steps = self._stepwise(graph, plan, states, const, grads_fn, params, weight_optimizer, b)
+        learn_now = (weight_optimizer is not None and not incremental) or want_grads
+        if exact:  # unit Euler steps, one per edge of the longest path (eqs. 48-49)
+            const["fixed"] = True
+            start = {v: states[v] for v in plan.relaxed}  # the feedforward values
+            states.update({v: torch.zeros_like(x) for v, x in start.items()})  # deviations from them
+            steps, optimizer = graph.depth, StateSGD(1.0)
+            trace, gp = fixed_loop(grads_fn, optimizer, graph, plan, states, const, steps, learn_now, params)
+            states.update({v: start[v] + states[v] for v in start})
+        elif incremental or self.tol is not None:
+            trace, gp, steps = self._stepwise(graph, plan, states, const, grads_fn, params, weight_optimizer, b,
+                                              learn_now)
         else:  # fixed T and no host sync: one function, compiled when asked for
             loop = self._compiled(graph, plan, b) if (self.compile and use_local) else fixed_loop
             trace, gp = loop(grads_fn, self.optimizer, graph, plan, states, const, self.steps, learn_now, params)
@@ -117,14 +141,14 @@ class Solver:
         energy = torch.stack(trace) + fixed
         if not bool(torch.isfinite(energy).all()):
             raise _divergence(graph, states, energy, "inference", self.optimizer)
-        if learn_now:
+        if learn_now and weight_optimizer is not None:
             param_step(weight_optimizer, gp)
         with torch.no_grad():
             for v in plan.leaves:
                 states[v] = E.mean(graph.nodes[v].spec.energy, graph.prediction(states, v))
-        return Relaxation(states, energy, steps, predicted)
+        return Relaxation(states, energy, steps if plan.relaxed else 0, predicted), gp
 
-    def _stepwise(self, graph, plan, states, const, grads_fn, params, weight_optimizer, b):
+    def _stepwise(self, graph, plan, states, const, grads_fn, params, weight_optimizer, b, learn):
         """The loop with a tolerance stop and/or incremental parameter steps (eager only)."""
         incremental = weight_optimizer is not None and self.variant == "incremental"
         xs = [states[v] for v in plan.relaxed]
@@ -144,7 +168,6 @@ class Solver:
             steps += 1
             if self.tol is not None and steps % self.check_every == 0 and self._converged(gx, plan, b):
                 break
-        learn = weight_optimizer is not None and not incremental
         trace, gp = finish(grads_fn, graph, plan, states, const, learn, params, trace)
         return trace, gp, steps
 
@@ -179,7 +202,7 @@ class Solver:
 
     def _initial_states(self, graph: CompiledGraph, batch: States, plan: Plan, init: States | None):
         predicted: States = {}
-        if self.init == "forward" and init is None:
+        if (self.init == "forward" or self.variant == "exact") and init is None:
             # clamped leaves are left out of the pass so it predicts them too (one edge each)
             out = {v for v in batch if graph.nodes[v].incoming and not graph.nodes[v].outgoing}
             out = out if len(out) < len(batch) else set()
@@ -187,7 +210,7 @@ class Solver:
             states, kept = graph.feedforward({v: x for v, x in batch.items() if v not in out}, every)
             predicted = {v: states[v] for v in out}
             states.update(batch)
-            for i in plan.const_edges - kept.keys():  # constant edges into clamped nodes
+            for i in every - kept.keys():  # edges into clamped nodes
                 kept[i] = local.edge_forward(graph.edges[i], states)
             const = sum_constants(graph, plan, kept, fresh=True)
         else:

@@ -231,10 +231,11 @@ class LearningSpec(_Strict):
     warmup: float = Field(
         0.0, ge=0, lt=1, description="Fraction of the run's updates with a linear learning-rate warm-up."
     )
-    variant: Literal["standard", "incremental"] = Field(
+    variant: Literal["standard", "incremental", "exact"] = Field(
         "standard",
         description="standard: relax T steps then one parameter step; incremental (iPC): a "
-        "parameter step after every inference step.",
+        "parameter step after every inference step; exact: fixed predictions (feedforward values) "
+        "during inference, which gives exactly the backprop gradient on an acyclic graph.",
     )
 
 

@@ -39,3 +39,19 @@ def test_bench_helpers_count_flops_and_time_matmul():
                 + mm(l2, l3) + mm(l1, l2, l3))
     assert pc == expected
     assert bench.matmul_gflops([(8, 8, 8)], repeat=2) > 0
+
+
+def test_bp_toy_pc_directions_approach_backprop_as_variance_grows(tmp_path):
+    toy = load("bp_toy")
+    result = toy.landscape(ks=(1.0, 50.0), grid=4)  # -3, -1, 1, 3: no degenerate theta = 0
+    # the BP loss on the grid is the closed form 1/2 mean (y - th1 tanh(th0 tanh(x)))^2
+    import torch
+
+    d = toy.data()
+    th = result["theta"]
+    expected = 0.5 * ((d["y"] - th[3] * torch.tanh(th[0] * torch.tanh(d["x"]))) ** 2).mean()
+    assert abs(result["bp"][0][3, 0].item() - expected.item()) < 1e-10
+    assert result["cosine"][50.0] > result["cosine"][1.0]
+    assert result["cosine"][50.0] > 0.99
+    toy.plot(result, tmp_path / "toy.png")
+    assert (tmp_path / "toy.png").read_bytes()[:4] == b"\x89PNG"

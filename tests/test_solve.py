@@ -3,12 +3,12 @@ linear-Gaussian equilibrium as a linear solve, and autograd as a second gradient
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pcgraph
 from pcgraph.optim import StateSGD
+from tests.strategies import SMOOTH, layered_graphs, random_batch
 
 f64 = torch.float64
 
@@ -161,54 +161,13 @@ def test_bad_batch_is_refused():
 
 # --- random graphs -----------------------------------------------------------------------------
 
-SMOOTH = ["tanh", "sigmoid", "gelu", "identity"]
-
-
-@st.composite
-def layered_graphs(draw, ops=SMOOTH, joins=True):
-    """A random layered DAG: input -> hidden layers -> output, with skip edges and multi-source
-    joins (concat / add / mul), plus optionally a categorical second output."""
-    depth = draw(st.integers(1, 4))
-    widths = [draw(st.integers(1, 6)) for _ in range(depth + 2)]
-    g = pcgraph.Graph("random")
-    names = [f"n{i}" for i in range(depth + 2)]
-    for i, (v, w) in enumerate(zip(names, widths)):
-        g.node(v, w, observed=i in (0, depth + 1))
-    for i in range(1, depth + 2):
-        act = draw(st.sampled_from(ops))
-        skip = draw(st.integers(0, i - 2)) if joins and i >= 2 else None
-        if skip is not None and draw(st.booleans()):
-            mode = draw(st.sampled_from(["concat", "add", "mul"]))
-            if mode != "concat" and widths[skip] != widths[i - 1]:
-                mode = "concat"
-            g.edge([names[i - 1], names[skip]], names[i], "linear", act, combine=mode)
-        else:
-            g.edge(names[i - 1], names[i], "linear", act)
-            if skip is not None and draw(st.booleans()):
-                g.edge(names[skip], names[i], {"kind": "linear", "bias": False})
-    outputs = [names[-1]]
-    if joins and draw(st.booleans()):
-        g.node("cls", 3, observed=True, energy="categorical")
-        g.edge(names[draw(st.integers(1, depth))], "cls", "linear")
-        outputs.append("cls")
-    return g.spec(), widths, outputs
-
-
-def _batch(graph, outputs, b=4, dtype=f64):
-    batch = {"n0": torch.randn(b, graph.nodes["n0"].shape[0], dtype=dtype)}
-    for v in outputs:
-        n = graph.nodes[v].shape[0]
-        batch[v] = F.one_hot(torch.randint(0, n, (b,)), n).to(dtype) if v == "cls" else torch.randn(b, n, dtype=dtype)
-    return batch
-
-
 @settings(max_examples=40, deadline=None)
 @given(layered_graphs(), st.sampled_from(["forward", "zeros"]))
 def test_energy_decreases_over_inference(case, init):
     spec, _, outputs = case
     torch.manual_seed(1)
     graph = pcgraph.compile(spec).double()
-    r = pcgraph.Solver(steps=30, optimizer=StateSGD(0.02), init=init).relax(graph, _batch(graph, outputs))
+    r = pcgraph.Solver(steps=30, optimizer=StateSGD(0.02), init=init).relax(graph, random_batch(graph, outputs))
     diffs = r.energy[1:] - r.energy[:-1]
     assert (diffs <= 1e-12 * (1 + r.energy[:-1].abs())).all(), r.energy
     # the planned loop's last energy is the whole graph's energy at the relaxed states
@@ -243,7 +202,7 @@ def test_local_rules_equal_autograd(case, variant):
     graphs = [pcgraph.compile(spec).double() for _ in range(3)]
     for g in graphs[1:]:
         g.load_state_dict(graphs[0].state_dict())
-    batch = _batch(graphs[0], outputs)
+    batch = random_batch(graphs[0], outputs)
     results = []
     for graph, local, tol in zip(graphs, (True, False, True), (None, None, 1e-300)):
         solver = pcgraph.Solver(steps=6, optimizer=StateSGD(0.05, momentum=0.3), variant=variant,

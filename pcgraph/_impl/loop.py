@@ -33,14 +33,17 @@ class Plan:
         self.fixed_terms = [v for v in energetic if v not in self.terms]
         self.clamped = clamped
 
-    def schedule(self, graph: CompiledGraph, steps: int, cached: frozenset[int], fresh: bool) -> list:
+    def schedule(self, graph: CompiledGraph, steps: int, cached: frozenset[int], fresh: bool,
+                 fixed_prediction: bool = False) -> list:
         """Per step (and once more for the pass after the last step): the energy terms whose
         error can be nonzero and the edges whose output can differ from the cached one.
 
         After a forward init (``fresh``) every relaxed node sits at its prediction, so only errors
         at clamped nodes are nonzero; a node moves only once an error reaches it, one edge per step.
         Terms with a zero error contribute nothing and edges whose sources have not moved keep
-        their cached output, so both are skipped: the result is the same, with less work.
+        their cached output, so both are skipped: the result is the same, with less work. With
+        ``fixed_prediction`` no edge is ever recomputed: predictions and their Jacobians stay at
+        the feedforward pass (the exact-BP variant).
         """
         nodes, edges = graph.nodes, graph.edges
         moved = set() if fresh else set(self.relaxed)
@@ -49,6 +52,8 @@ class Plan:
         for _ in range(steps + 1):
             recompute = frozenset(i for i in range(len(edges)) if i not in self.const_edges
                                   and (i not in cached or any(s in moved for s in edges[i].sources)))
+            if fixed_prediction:
+                recompute = frozenset()
             terms = [v for v in self.terms if v in self.clamped or v in moved or not nodes[v].incoming
                      or any(i in recompute for i in nodes[v].incoming)]
             out.append((terms, recompute))
@@ -64,7 +69,8 @@ def fixed_loop(grads_fn, optimizer, graph, plan, states, const, steps, learn, pa
     xs = [states[v] for v in plan.relaxed]
     buffers = optimizer.init(xs)
     trace = []
-    schedule = plan.schedule(graph, steps if xs else 0, frozenset(const["cache"]), const["fresh"])
+    schedule = plan.schedule(graph, steps if xs else 0, frozenset(const["cache"]), const["fresh"],
+                             const.get("fixed", False))
     for terms, recompute in schedule[:-1]:
         e, gx, _ = grads_fn(graph, plan, states, const, terms, False, params, recompute=recompute)
         trace.append(e)
@@ -105,8 +111,13 @@ def sum_constants(graph: CompiledGraph, plan: Plan, kept: dict, fresh: bool = Fa
 
 
 def local_grads(graph, plan, states, const, terms, want_params, params, need_states=True, recompute=None):
-    """(E, {node: dE/dx}, {param: batch mean of dE/dtheta} or None) from the closed-form rules."""
+    """(E, {node: dE/dx}, {param: batch mean of dE/dtheta} or None) from the closed-form rules.
+
+    With ``const["fixed"]`` (the exact variant) relaxed states hold their deviation from the
+    initial feedforward pass, which under fixed predictions is exactly their error: computing it
+    as a difference of two large numbers would lose float32 digits to cancellation."""
     relaxed = set(plan.relaxed) if need_states else set()
+    deviations = set(plan.relaxed) if const.get("fixed") else set()
     gx: States = {}
     gp: dict | None = {} if want_params else None
     total = torch.zeros(())
@@ -114,8 +125,9 @@ def local_grads(graph, plan, states, const, terms, want_params, params, need_sta
         for v in terms:
             x, spec = states[v], graph.nodes[v].spec
             if not graph.nodes[v].incoming:  # prior term
-                eps = spec.prior.precision * (x - spec.prior.mean)
-                total = total + 0.5 * torch.dot(eps.reshape(-1), (x - spec.prior.mean).reshape(-1))
+                diff = x if v in deviations else x - spec.prior.mean
+                eps = spec.prior.precision * diff
+                total = total + 0.5 * torch.dot(eps.reshape(-1), diff.reshape(-1))
                 if v in relaxed:
                     _add(gx, v, eps)
                 continue
@@ -131,7 +143,7 @@ def local_grads(graph, plan, states, const, terms, want_params, params, need_sta
                     y, tape = const["cache"][i]
                 mu = y if mu is None else mu + y
                 tapes.append((i, tape))
-            e, d_x, d_mu = local.node_terms(spec.energy, x, mu)
+            e, d_x, d_mu = local.node_terms(spec.energy, x, 0.0 if v in deviations else mu)
             total = total + e
             if want_params and not relaxed:  # pre-scale so parameter gradients are batch means
                 d_mu = d_mu / x.shape[0]

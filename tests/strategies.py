@@ -1,0 +1,56 @@
+"""Hypothesis strategies shared by the tests: random layered DAG specs and batches for them."""
+
+import torch
+import torch.nn.functional as F
+from hypothesis import strategies as st
+
+import pcgraph
+
+f64 = torch.float64
+
+SMOOTH = ["tanh", "sigmoid", "gelu", "identity"]
+ALL_ACTIVATIONS = SMOOTH + ["relu", "leaky_relu"]
+
+
+@st.composite
+def layered_graphs(draw, ops=SMOOTH, joins=True):
+    """A random layered DAG: input -> hidden layers -> output, with skip edges and multi-source
+    joins (concat / add / mul), plus optionally a categorical and a Gaussian extra output."""
+    depth = draw(st.integers(1, 4))
+    widths = [draw(st.integers(1, 6)) for _ in range(depth + 2)]
+    g = pcgraph.Graph("random")
+    names = [f"n{i}" for i in range(depth + 2)]
+    for i, (v, w) in enumerate(zip(names, widths)):
+        g.node(v, w, observed=i in (0, depth + 1))
+    for i in range(1, depth + 2):
+        act = draw(st.sampled_from(ops))
+        skip = draw(st.integers(0, i - 2)) if joins and i >= 2 else None
+        if skip is not None and draw(st.booleans()):
+            mode = draw(st.sampled_from(["concat", "add", "mul"]))
+            if mode != "concat" and widths[skip] != widths[i - 1]:
+                mode = "concat"
+            g.edge([names[i - 1], names[skip]], names[i], "linear", act, combine=mode)
+        else:
+            g.edge(names[i - 1], names[i], "linear", act)
+            if skip is not None and draw(st.booleans()):
+                g.edge(names[skip], names[i], {"kind": "linear", "bias": False})
+    outputs = [names[-1]]
+    if joins and draw(st.booleans()):
+        g.node("cls", 3, observed=True, energy="categorical")
+        g.edge(names[draw(st.integers(1, depth))], "cls", "linear")
+        outputs.append("cls")
+    if joins and draw(st.booleans()):  # a second Gaussian output branching off a hidden layer
+        g.node("aux", draw(st.integers(1, 4)), observed=True)
+        g.edge(names[draw(st.integers(1, depth))], "aux", "linear", draw(st.sampled_from(ops)))
+        outputs.append("aux")
+    return g.spec(), widths, outputs
+
+
+def random_batch(graph, outputs, b=4, dtype=f64):
+    batch = {"n0": torch.randn(b, graph.nodes["n0"].shape[0], dtype=dtype)}
+    for v in outputs:
+        n = graph.nodes[v].shape[0]
+        batch[v] = F.one_hot(torch.randint(0, n, (b,)), n).to(dtype) if v == "cls" else torch.randn(b, n, dtype=dtype)
+    return batch
+
+

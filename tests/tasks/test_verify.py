@@ -1,0 +1,107 @@
+"""PC's gradients against backprop's: the exact (fixed-prediction) variant must equal autograd's
+backprop on random acyclic graphs; the output-precision approximation must approach it."""
+
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pcgraph
+from pcgraph.cli import main
+from pcgraph.tasks.verify import bp_gradients, verify_bp
+from tests.strategies import ALL_ACTIVATIONS, layered_graphs, random_batch
+
+
+@settings(max_examples=60, deadline=None)
+@given(layered_graphs(ops=ALL_ACTIVATIONS), st.sampled_from([torch.float64, torch.float32]), st.integers(1, 6))
+def test_exact_mode_is_backprop_on_random_dags(case, dtype, b):
+    spec, _, outputs = case
+    torch.manual_seed(3)
+    graph = pcgraph.compile(spec).to(dtype)
+    batch = random_batch(graph, outputs, b=b, dtype=dtype)
+    result = verify_bp(graph, batch)
+    assert result.tol == (1e-10 if dtype == torch.float64 else 1e-5)
+    assert result.ok, [(r.name, r.rel_error) for r in result.rows]
+
+
+def test_backprop_reference_is_plain_autograd_on_the_feedforward_net():
+    """bp_gradients on a 2-layer net equals the same net written directly in torch."""
+    g = pcgraph.Graph("t")
+    g.node("x", 3, observed=True)
+    g.node("h", 4)
+    g.node("y", 2, observed=True)
+    g.edge("x", "h", "linear", "tanh")
+    g.edge("h", "y", "linear")
+    graph = pcgraph.compile(g.spec()).double()
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    l1, l2 = graph.edges[0].pipeline[0], graph.edges[1].pipeline[0]
+    loss = 0.5 * ((y - (torch.tanh(x @ l1.weight.T + l1.bias) @ l2.weight.T + l2.bias)) ** 2).sum(1).mean()
+    expected = torch.autograd.grad(loss, [l1.weight, l1.bias, l2.weight, l2.bias])
+    got = bp_gradients(graph, {"x": x, "y": y})
+    for e, g_ in zip(expected, got.values()):
+        assert torch.allclose(e, g_, rtol=1e-12)
+
+
+def test_approx_mode_approaches_backprop_as_the_output_variance_grows():
+    torch.manual_seed(0)
+    graph = pcgraph.compile(pcgraph.load_spec("specs/mnist_mlp.yaml")).double()
+    batch = random_batch_for(graph, 32)
+    result = verify_bp(graph, batch, "approx", scales=(1.0, 0.1, 0.01, 0.001), steps=(200,))
+    errors = [r["max_rel_error"] for r in result.sweep]
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert result.sweep[-1]["min_cosine"] >= 0.999
+    assert errors[-1] < 0.02
+
+
+def random_batch_for(graph, size):
+    from pcgraph.tasks.verify import random_batch as make
+
+    return make(graph, ["image", "label"], size, torch.float64)
+
+
+def test_cyclic_graph_or_no_output_is_refused():
+    g = pcgraph.Graph("cyc")
+    g.node("a", 2, observed=True)
+    g.node("b", 2)
+    g.node("c", 2, observed=True)
+    g.edge("a", "b", "linear")
+    g.edge("b", "c", "linear")
+    g.edge("c", "b", "linear")
+    g.inference(init="zeros")
+    graph = pcgraph.compile(g.spec())
+    with pytest.raises(pcgraph.SpecError, match="acyclic"):
+        verify_bp(graph, {"a": torch.randn(2, 2), "c": torch.randn(2, 2)})
+    dag = pcgraph.compile(pcgraph.load_spec("specs/digits_mlp.yaml"))
+    with pytest.raises(pcgraph.SpecError, match="observed output"):
+        verify_bp(dag, {"image": torch.randn(2, 64)})
+
+
+def test_cli_exact_passes_and_reports_json(capsys):
+    rc = main(["verify-bp", "specs/digits_mlp.yaml", "--random-batch", "--batch-size", "8", "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["ok"] and result["worst_rel_error"] <= 1e-10 and len(result["rows"]) == 6
+
+
+def test_cli_exact_exits_1_when_out_of_tolerance(capsys):
+    rc = main(["verify-bp", "specs/digits_mlp.yaml", "--random-batch", "--dtype", "float32", "--tol", "1e-30"])
+    assert rc == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_cli_approx_sweep_and_plot(capsys, tmp_path):
+    rc = main(["verify-bp", "specs/mnist_mlp.yaml", "--random-batch", "--mode", "approx", "--batch-size", "8",
+               "--precision-scales", "1,0.01", "--steps", "8,100", "--plot", str(tmp_path / "sweep.png"), "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert len(json.loads(out.strip().splitlines()[-1])["sweep"]) == 4
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_approx_with_a_categorical_output_is_one_error_line(capsys):
+    rc = main(["verify-bp", "specs/digits_mlp.yaml", "--random-batch", "--mode", "approx"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1 and "categorical" in err

@@ -88,7 +88,7 @@ def plot(result, path: str) -> None:
     panels = [(f"PC energy, k = {k:g} (cos {result['cosine'][k]:.3f})", *result[k])
               for k in result["cosine"]] + [("BP loss", *result["bp"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4))
-    step = max(1, len(th) // 15)
+    step = max(1, len(th) // 10)
     for ax, (title, value, grad) in zip(axes, panels):
         ax.contourf(th, th, value.log1p().numpy(), levels=30, cmap="viridis")
         d = -grad / grad.norm(dim=2, keepdim=True).clamp_min(1e-30)  # descent directions

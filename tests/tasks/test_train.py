@@ -41,3 +41,16 @@ def test_incremental_variant_trains():
     spec = quick_spec()
     spec = spec.model_copy(update={"learning": spec.learning.model_copy(update={"variant": "incremental"})})
     assert train(spec, epochs=2, progress=False, log=lambda s: None).test_accuracy > 0.5
+
+
+def test_exact_variant_trains_like_backprop(tmp_path):
+    """The exact variant's update is backprop's, so one epoch of each ends at the same parameters
+    (up to float32 rounding accumulated over 45 Adam steps)."""
+    spec = quick_spec()
+    exact = spec.model_copy(update={"learning": spec.learning.model_copy(update={"variant": "exact"})})
+    pc = train(exact, epochs=1, progress=False, log=lambda s: None, out=tmp_path / "pc")
+    train(spec, epochs=1, progress=False, log=lambda s: None, method="bp", out=tmp_path / "bp")
+    a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("pc", "bp"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-4), k
+    assert pc.test_accuracy > 0.5

@@ -3,7 +3,7 @@ linear-Gaussian equilibrium as a linear solve, and autograd as a second gradient
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import pcgraph
@@ -208,6 +208,7 @@ def test_local_rules_equal_autograd(case, variant):
         solver = pcgraph.Solver(steps=6, optimizer=StateSGD(0.05, momentum=0.3), variant=variant,
                                 local_rules=local, tol=tol, check_every=1)
         results.append(solver.step(graph, batch, torch.optim.Adam(graph.parameters(), lr=0.01, weight_decay=0.1)))
+    assume(results[2].steps == 6)  # an exactly zero gradient (dead relu) meets any tolerance
     for other, graph in zip(results[1:], graphs[1:]):
         assert torch.allclose(results[0].energy, other.energy, rtol=1e-10, atol=1e-12)
         for v in results[0].states:

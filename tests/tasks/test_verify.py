@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import pcgraph
 from pcgraph.cli import main
-from pcgraph.tasks.verify import bp_gradients, verify_bp
+from pcgraph.tasks.verify import bp_gradients, compare, verify_bp
 from tests.strategies import ALL_ACTIVATIONS, layered_graphs, random_batch
 
 
@@ -23,6 +23,17 @@ def test_exact_mode_is_backprop_on_random_dags(case, dtype, b):
     batch = random_batch(graph, outputs, b=b, dtype=dtype)
     result = verify_bp(graph, batch)
     assert result.tol == (1e-10 if dtype == torch.float64 else 1e-5)
+    if dtype == torch.float32 and not result.ok:
+        # Rare: a float32 sum with heavy cancellation (a scalar bias summed over the batch) makes
+        # any two summation orders differ by more than 1e-5. Then judge both float32 routes
+        # against the float64 truth: PC must be as accurate as autograd's own backprop.
+        graph64 = pcgraph.compile(spec).double()
+        graph64.load_state_dict(graph.state_dict())
+        truth = bp_gradients(graph64, {k: v.double() for k, v in batch.items()})
+        _, pc = pcgraph.Solver(variant="exact").gradients(graph, batch)
+        for own, ref in zip(compare(pc, truth), compare(bp_gradients(graph, batch), truth)):
+            assert own.rel_error <= max(1e-5, 4 * ref.rel_error), (own, ref)
+        return
     assert result.ok, [(r.name, r.rel_error) for r in result.rows]
 
 

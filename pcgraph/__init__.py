@@ -16,11 +16,12 @@ from pcgraph.optim import StateAdam, StateSGD
 from pcgraph.solve import Relaxation, Solver
 from pcgraph.spec import GraphSpec, json_schema, load_spec, spec_from_dict, spec_from_yaml
 from pcgraph.tasks import BPCheck, TrainResult, bp_gradients, evaluate, train, verify_bp
+from pcgraph.tasks.checkpoint import load
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BPCheck", "bp_gradients", "verify_bp",
+    "BPCheck", "bp_gradients", "load", "verify_bp",
     "CompiledGraph", "DataError", "Dataset", "DivergenceError", "Graph", "GraphSpec", "Op",
     "PCGraphError", "PCGraphWarning", "Relaxation", "Solver", "SpecError", "StateAdam", "StateSGD",
     "TrainResult", "compile", "evaluate", "json_schema", "load_dataset", "load_spec", "register_op",

@@ -1,4 +1,4 @@
-"""The ``pcgraph`` command line: validate, schema, show, train, verify-bp.
+"""The ``pcgraph`` command line: validate, schema, show, train, eval, verify-bp.
 
 Bad input (a missing or invalid spec, a missing data set, an unknown device) prints one line on
 stderr and exits with status 2; a diverging run exits with status 1. With ``--json`` the last
@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from pcgraph.errors import DivergenceError, PCGraphError, UsageError
+from pcgraph.errors import DivergenceError, Interrupted, PCGraphError, UsageError
 
 
 def _graph(args):
@@ -62,19 +62,40 @@ def cmd_train(args) -> int:
     from pcgraph.spec import load_spec
     from pcgraph.tasks import train
 
-    spec = load_spec(args.spec)
-    if args.compile:
+    if (args.spec is None) == (args.resume is None):
+        raise UsageError("give either a SPEC to train or --resume DIR to continue a run")
+    spec = load_spec(args.spec) if args.spec else None
+    if spec is not None and args.compile:
         spec = spec.model_copy(update={"inference": spec.inference.model_copy(update={"compile": True})})
-    if args.seed is not None:
+    if spec is not None and args.seed is not None:
         spec = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": args.seed})})
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     result = train(spec, epochs=args.epochs, data_root=args.data_root, device=args.device, out=args.out,
-                   progress=not args.no_progress, log=log)
+                   progress=not args.no_progress, log=log, resume=args.resume, on_divergence=args.on_divergence)
     if args.json:
         print(result.to_json())
     else:
         print(f"final test accuracy {100 * result.test_accuracy:.2f}% (best {100 * result.best_test_accuracy:.2f}%), "
               f"{result.params:,} parameters, {result.states_per_sample} states per sample")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from pcgraph.data import load_dataset
+    from pcgraph.solve import Solver
+    from pcgraph.tasks.checkpoint import load
+    from pcgraph.tasks.train import evaluate, prepare, resolve_device
+
+    graph, spec = load(args.run)
+    if spec.data is None or spec.data.target is None:
+        raise UsageError("the run's spec has no data section with a target to evaluate on")
+    dev = resolve_device(args.device)
+    graph = graph.to(dev)
+    _, _, x_test, y_test = prepare(load_dataset(spec.data.dataset, args.data_root), spec.data, graph, dev)
+    accuracy = evaluate(graph, spec, Solver.from_spec(spec), x_test, y_test)
+    print(f"{spec.name}: test accuracy {100 * accuracy:.2f}% ({spec.train.eval}, {len(y_test)} samples)")
+    if args.json:
+        print(json.dumps({"name": spec.name, "test_accuracy": accuracy, "samples": len(y_test)}))
     return 0
 
 
@@ -200,16 +221,25 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--json", action="store_true", help="also print the totals as one JSON line")
     sh.set_defaults(fn=cmd_show)
     t = sub.add_parser("train", help="train a spec with PC on its data set")
-    t.add_argument("spec")
+    t.add_argument("spec", nargs="?", help="the spec (omit with --resume)")
+    t.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (by --out)")
+    t.add_argument("--on-divergence", choices=["stop", "skip"], default="stop",
+                   help="stop (default) or skip a batch whose energy becomes NaN/inf")
     t.add_argument("--epochs", type=_positive_int, help="override train.epochs")
     t.add_argument("--data-root", help="folder with the data set's files (default: $PCGRAPH_DATA)")
     t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    t.add_argument("--out", help="write spec.yaml, metrics.jsonl and model.pt here")
+    t.add_argument("--out", help="write spec.yaml, metrics (jsonl, csv), checkpoint.pt every epoch, model.pt")
     t.add_argument("--seed", type=int, help="override train.seed")
     t.add_argument("--compile", action="store_true", help="torch.compile the inference loop")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="epoch lines to stderr, final figures as JSON on stdout")
     t.set_defaults(fn=cmd_train)
+    ev = sub.add_parser("eval", help="test accuracy of a trained run folder")
+    ev.add_argument("run", help="a folder written by pcgraph train --out")
+    ev.add_argument("--data-root", help="folder with the data set's files (default: $PCGRAPH_DATA)")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(fn=cmd_eval)
     vb = sub.add_parser("verify-bp", help="compare PC's parameter gradients with backprop's")
     vb.add_argument("spec")
     vb.add_argument("--mode", choices=["exact", "approx"], default="exact",
@@ -236,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         return args.fn(args)
+    except Interrupted as err:
+        print(f"pcgraph: {err}", file=sys.stderr)
+        return 130
     except DivergenceError as err:
         print(f"pcgraph: diverged: {err}", file=sys.stderr)
         return 1

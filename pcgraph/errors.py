@@ -49,5 +49,9 @@ def format_path(loc: tuple) -> str:
     return out
 
 
+class Interrupted(PCGraphError):
+    """Training stopped on SIGINT/SIGTERM after finishing a batch; the message says how to resume."""
+
+
 class PCGraphWarning(UserWarning):
     """Warnings pcgraph itself issues (the test suite turns them into errors)."""

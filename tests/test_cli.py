@@ -166,7 +166,7 @@ def test_train_digits_json_and_out(capsys, tmp_path):
     # --json sends the epoch lines to stderr
     assert len([line for line in err.splitlines() if line.startswith("epoch")]) == 2
 
-    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl", "model.pt", "spec.yaml"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "metrics.csv", "metrics.jsonl", "model.pt", "spec.yaml"]
     assert load_spec(run / "spec.yaml") == load_spec(DIGITS)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -16,10 +18,11 @@ from torch import Tensor
 
 from pcgraph.compile import CompiledGraph, compile
 from pcgraph.data import Dataset, load_dataset
-from pcgraph.errors import SpecError, UsageError
+from pcgraph.errors import DivergenceError, Interrupted, SpecError, UsageError
 from pcgraph.optim import weight_optimizer
 from pcgraph.solve import Solver
-from pcgraph.spec import DataSpec, GraphSpec, LearningSpec
+from pcgraph.spec import DataSpec, GraphSpec, LearningSpec, spec_from_yaml
+from pcgraph.tasks import checkpoint
 
 
 @dataclass
@@ -120,19 +123,35 @@ def bp_step(graph: CompiledGraph, batch: dict[str, Tensor], optimizer: torch.opt
     return loss.detach()
 
 
-def train(spec: GraphSpec, *, epochs: int | None = None, data_root: str | None = None, device: str = "cpu",
-          out: str | Path | None = None, progress: bool = True, log: Callable[[str], None] = print,
-          method: str = "pc") -> TrainResult:
+def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root: str | None = None,
+          device: str = "cpu", out: str | Path | None = None, progress: bool = True,
+          log: Callable[[str], None] = print, method: str = "pc", resume: str | Path | None = None,
+          on_divergence: str = "stop") -> TrainResult:
     """Train ``spec`` on its data set and return the final figures.
 
     ``method="pc"`` trains with predictive coding; ``"bp"`` trains the same graph by backprop
     (:func:`bp_step`), the baseline for benchmarks. Per epoch it logs the mean energy per sample
     (PC: at the relaxed states; BP: the loss), train accuracy (feedforward predictions made before
-    each update), test accuracy and seconds. With ``out`` it writes ``spec.yaml``,
-    ``metrics.jsonl`` and the final ``model.pt`` (a state dict) there.
+    each update), test accuracy and seconds.
+
+    With ``out`` it writes ``spec.yaml``, ``metrics.jsonl``, ``metrics.csv`` and, after every epoch,
+    ``checkpoint.pt`` (see :mod:`pcgraph.tasks.checkpoint`), and the final ``model.pt`` (a state
+    dict). ``resume=DIR`` continues the run saved there (its spec; ``epochs`` may extend it); the
+    result equals an uninterrupted run's, bit for bit on the CPU. SIGINT/SIGTERM finish the current
+    batch, save a checkpoint (with ``out``) and raise :class:`Interrupted`. ``on_divergence="skip"``
+    skips a batch whose energy becomes NaN/inf (counted in the metrics) instead of stopping.
     """
     if method not in ("pc", "bp"):
         raise ValueError(f"method must be pc or bp, got {method!r}")
+    if on_divergence not in ("stop", "skip"):
+        raise UsageError(f"on_divergence must be stop or skip, got {on_divergence!r}")
+    saved = None
+    if resume is not None:
+        saved = checkpoint.read(resume)
+        spec = spec_from_yaml(saved["spec"])
+        out = resume if out is None else out
+    if spec is None:
+        raise UsageError("give a spec to train, or a run folder to resume")
     if spec.data is None or spec.data.target is None:
         raise SpecError("training a classifier needs a data section with an input and a target node", "data")
     dev = resolve_device(device)
@@ -146,50 +165,121 @@ def train(spec: GraphSpec, *, epochs: int | None = None, data_root: str | None =
     x_train, y_train, x_test, y_test = prepare(load_dataset(d.dataset, data_root), d, graph, dev)
     classes = graph.nodes[d.target].shape[0]
     gen = torch.Generator().manual_seed(spec.train.seed)
+    n_epochs = (saved["epochs"] if saved else spec.train.epochs) if epochs is None else epochs
+    per_epoch = -(-len(x_train) // d.batch_size)
+    scheduler = lr_schedule(optimizer, spec.learning, n_epochs * per_epoch)
+    history: list[dict] = []
+    first_epoch, position, partial, perm = 1, 0, None, None
+    if saved:
+        graph.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng_torch"])
+        gen.set_state(saved["rng_shuffle"])
+        history = list(saved["history"])
+        first_epoch, position, partial = saved["epoch"] + 1, saved["position"], saved["partial"]
+        perm = saved["perm"].to(dev) if saved["perm"] is not None else None
     out = Path(out) if out is not None else None
-    if out is not None:
+    if out is not None and saved is None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "spec.yaml").write_text(spec.to_yaml())
         (out / "metrics.jsonl").write_text("")
-    history: list[dict] = []
-    n_epochs = spec.train.epochs if epochs is None else epochs
-    scheduler = lr_schedule(optimizer, spec.learning, n_epochs * -(-len(x_train) // d.batch_size))
-    for epoch in range(1, n_epochs + 1):
-        start = time.perf_counter()
-        perm = torch.randperm(len(x_train), generator=gen).to(dev)
-        energy, correct, seen = torch.zeros((), device=dev), torch.zeros((), device=dev), 0
-        batches = range(0, len(perm), d.batch_size)
-        for i in _progress(batches, f"epoch {epoch}/{n_epochs}", progress):
-            idx = perm[i: i + d.batch_size]
-            batch = {d.input: x_train[idx], d.target: F.one_hot(y_train[idx], classes).to(x_train.dtype)}
-            if method == "pc":
-                r = solver.step(graph, batch, optimizer)
-                energy += r.energy[-1]
-                predicted = r.predicted.get(d.target)
-            else:
-                with torch.no_grad():
-                    predicted = graph({d.input: batch[d.input]})[d.target]
-                energy += bp_step(graph, batch, optimizer) * len(idx)
-            scheduler.step()
-            if predicted is not None:
-                correct += (predicted.argmax(1) == y_train[idx]).sum()
-            seen += len(idx)
-        seconds = time.perf_counter() - start
-        test_acc = evaluate(graph, spec, solver, x_test, y_test)
-        row = {"epoch": epoch, "energy": float(energy) / seen, "train_accuracy": float(correct) / seen,
-               "test_accuracy": test_acc, "seconds": seconds}
-        history.append(row)
-        log(f"epoch {epoch:3d}  energy {row['energy']:.4f}  train acc {100 * row['train_accuracy']:6.2f}%  "
-            f"test acc {100 * test_acc:6.2f}%  {seconds:6.2f} s")
-        if out is not None:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+        (out / "metrics.csv").write_text(",".join(_COLUMNS) + "\n")
+
+    def snapshot(epoch_done: int, position: int, perm, partial) -> dict:
+        return {"spec": spec.to_yaml(), "model": graph.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng_torch": torch.get_rng_state(),
+                "rng_shuffle": gen.get_state(), "epoch": epoch_done, "epochs": n_epochs, "position": position,
+                "perm": None if perm is None else perm.cpu(), "partial": partial, "history": history}
+
+    with _StopOnSignal() as stop:
+        for epoch in range(first_epoch, n_epochs + 1):
+            start = time.perf_counter()
+            if position == 0:
+                perm = torch.randperm(len(x_train), generator=gen).to(dev)
+                partial = {"energy": 0.0, "correct": 0, "seen": 0, "skipped": 0}
+            energy = torch.tensor(partial["energy"], device=dev)
+            correct = torch.tensor(partial["correct"], device=dev)
+            seen, skipped = partial["seen"], partial["skipped"]
+            for i in _progress(range(position, len(perm), d.batch_size), f"epoch {epoch}/{n_epochs}", progress):
+                idx = perm[i: i + d.batch_size]
+                batch = {d.input: x_train[idx], d.target: F.one_hot(y_train[idx], classes).to(x_train.dtype)}
+                try:
+                    if method == "pc":
+                        r = solver.step(graph, batch, optimizer)
+                        energy += r.energy[-1]
+                        predicted = r.predicted.get(d.target)
+                    else:
+                        with torch.no_grad():
+                            predicted = graph({d.input: batch[d.input]})[d.target]
+                        energy += bp_step(graph, batch, optimizer) * len(idx)
+                    scheduler.step()
+                    seen += len(idx)
+                    if predicted is not None:
+                        correct += (predicted.argmax(1) == y_train[idx]).sum()
+                except DivergenceError as err:  # raised before any parameter changed
+                    if on_divergence == "stop":
+                        raise DivergenceError(f"epoch {epoch}, batch {i // d.batch_size + 1}: {err}") from None
+                    skipped += 1
+                if stop.requested:
+                    partial = {"energy": float(energy), "correct": int(correct), "seen": seen, "skipped": skipped}
+                    if out is not None:
+                        checkpoint.save(out, snapshot(epoch - 1, i + d.batch_size, perm, partial))
+                        raise Interrupted(f"interrupted in epoch {epoch}; resume with: pcgraph train --resume {out}")
+                    raise Interrupted(f"interrupted in epoch {epoch}; nothing saved (no --out given)")
+            position = 0
+            _check_parameters(graph, epoch)
+            seconds = time.perf_counter() - start
+            test_acc = evaluate(graph, spec, solver, x_test, y_test)
+            row = {"epoch": epoch, "energy": float(energy) / max(seen, 1),
+                   "train_accuracy": float(correct) / max(seen, 1), "test_accuracy": test_acc,
+                   "seconds": seconds, "skipped_batches": skipped}
+            history.append(row)
+            log(f"epoch {epoch:3d}  energy {row['energy']:.4f}  train acc {100 * row['train_accuracy']:6.2f}%  "
+                f"test acc {100 * test_acc:6.2f}%  {seconds:6.2f} s" + (f"  ({skipped} batches skipped)" if skipped else ""))
+            if out is not None:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                with open(out / "metrics.csv", "a") as f:
+                    f.write(",".join(str(row[c]) for c in _COLUMNS) + "\n")
+                checkpoint.save(out, snapshot(epoch, 0, None, None))
     if out is not None:
         torch.save(graph.state_dict(), out / "model.pt")
     last = history[-1]
     return TrainResult(spec.name, n_epochs, last["test_accuracy"], max(h["test_accuracy"] for h in history),
                        last["train_accuracy"], last["energy"], [h["seconds"] for h in history],
                        graph.num_params(), graph.states_per_sample(), history)
+
+
+_COLUMNS = ("epoch", "energy", "train_accuracy", "test_accuracy", "seconds", "skipped_batches")
+
+
+def _check_parameters(graph: CompiledGraph, epoch: int) -> None:
+    for name, p in graph.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise DivergenceError(f"epoch {epoch}: parameter {name} became NaN/inf; lower the learning rate")
+
+
+class _StopOnSignal:
+    """Within the block, SIGINT/SIGTERM only set ``requested``: the loop stops at a batch boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._old: dict = {}
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def _progress(items, desc: str, enabled: bool):

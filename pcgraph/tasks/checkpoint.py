@@ -1,0 +1,69 @@
+"""Checkpoints: everything needed to continue a run exactly, written atomically.
+
+A checkpoint is one ``checkpoint.pt`` in the run folder holding the spec (YAML text), parameters,
+weight-optimizer and schedule state, RNG states, the position in the current epoch and the
+metrics so far. It is written to a temporary file and renamed over the old one, so a crash during
+the write leaves the previous checkpoint intact. It loads with ``torch.load(weights_only=True)``:
+tensors, numbers, strings and containers only, never code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from pcgraph.compile import CompiledGraph, compile
+from pcgraph.errors import SpecError, UsageError
+from pcgraph.spec import GraphSpec, spec_from_yaml
+
+FILE = "checkpoint.pt"
+FORMAT = 1
+
+
+def save(folder: Path, payload: dict) -> Path:
+    """Write ``payload`` to ``folder/checkpoint.pt`` atomically (temporary file, fsync, rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final, tmp = folder / FILE, folder / f"{FILE}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **payload}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    return final
+
+
+def read(folder: str | os.PathLike) -> dict:
+    """The checkpoint in ``folder`` (or the file itself); UsageError if missing or not ours."""
+    path = Path(folder)
+    path = path / FILE if path.is_dir() else path
+    if not path.is_file():
+        raise UsageError(f"no checkpoint at {str(path)!r}; train with --out DIR to write one")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling raises many kinds
+        raise UsageError(f"{str(path)!r} is not a readable pcgraph checkpoint ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "spec" not in payload:
+        raise UsageError(f"{str(path)!r} is not a pcgraph checkpoint (format {FORMAT})")
+    return payload
+
+
+def restore_graph(payload: dict) -> tuple[CompiledGraph, GraphSpec]:
+    """Compile the checkpoint's spec and load its parameters; refuse tensors that do not fit it."""
+    try:
+        spec = spec_from_yaml(payload["spec"])
+    except SpecError as err:
+        raise UsageError(f"the checkpoint's spec is invalid: {err}") from None
+    graph = compile(spec)
+    try:
+        graph.load_state_dict(payload["model"])
+    except (RuntimeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise UsageError(f"the checkpoint's parameters do not match its spec: {first}") from None
+    return graph, spec
+
+
+def load(folder: str | os.PathLike) -> tuple[CompiledGraph, GraphSpec]:
+    """A trained model back from a run folder written by ``pcgraph train --out``: (graph, spec)."""
+    return restore_graph(read(folder))

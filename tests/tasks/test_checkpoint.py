@@ -1,0 +1,117 @@
+"""Checkpoints: an interrupted and resumed run equals an uninterrupted one, bit for bit; a crash
+during a checkpoint write loses nothing; trained runs load back; bad checkpoints are refused."""
+
+import json
+import signal
+
+import pytest
+import torch
+
+import pcgraph
+from pcgraph.cli import main
+from pcgraph.errors import Interrupted, UsageError
+from pcgraph.solve import Solver
+from pcgraph.tasks import checkpoint
+from pcgraph.tasks.train import train
+
+QUIET = {"progress": False, "log": lambda s: None}
+
+
+def spec():
+    return pcgraph.load_spec("specs/digits_mlp.yaml")
+
+
+def params(folder):
+    return torch.load(folder / "model.pt", weights_only=True)
+
+
+def same_run(a, b, ra, rb):
+    pa, pb = params(a), params(b)
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in ra.history]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in rb.history]
+
+
+def test_resume_after_epoch_1_of_3_equals_an_uninterrupted_run(tmp_path):
+    full = train(spec(), epochs=3, out=tmp_path / "full", **QUIET)
+    train(spec(), epochs=1, out=tmp_path / "part", **QUIET)
+    resumed = train(resume=tmp_path / "part", epochs=3, **QUIET)
+    same_run(tmp_path / "full", tmp_path / "part", full, resumed)
+    lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+    assert len((tmp_path / "part" / "metrics.csv").read_text().splitlines()) == 4  # header + 3
+
+
+def test_sigint_mid_epoch_saves_and_resume_is_exact(tmp_path, monkeypatch):
+    full = train(spec(), epochs=2, out=tmp_path / "full", **QUIET)
+    calls = {"n": 0}
+    original = Solver.step
+
+    def step_then_signal(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 60:  # epoch 2 (45 batches per epoch), batch 15
+            signal.raise_signal(signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Solver, "step", step_then_signal)
+    with pytest.raises(Interrupted, match="--resume"):
+        train(spec(), epochs=2, out=tmp_path / "cut", **QUIET)
+    monkeypatch.setattr(Solver, "step", original)
+    saved = checkpoint.read(tmp_path / "cut")
+    assert saved["epoch"] == 1 and saved["position"] == 15 * 32
+    resumed = train(resume=tmp_path / "cut", **QUIET)
+    same_run(tmp_path / "full", tmp_path / "cut", full, resumed)
+
+
+def test_crash_between_write_and_rename_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    train(spec(), epochs=1, out=tmp_path, **QUIET)
+    before = checkpoint.read(tmp_path)
+
+    def crash(src, dst):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(checkpoint.os, "replace", crash)
+    with pytest.raises(OSError):
+        checkpoint.save(tmp_path, {"spec": "garbage"})
+    monkeypatch.undo()
+    assert (tmp_path / "checkpoint.pt.tmp").exists()
+    after = checkpoint.read(tmp_path)
+    assert after["epoch"] == before["epoch"] and after["spec"] == before["spec"]
+    graph, _ = pcgraph.load(tmp_path)
+    assert isinstance(graph, pcgraph.CompiledGraph)
+
+
+def test_load_and_eval_a_trained_run(tmp_path, capsys):
+    result = train(spec(), epochs=1, out=tmp_path, **QUIET)
+    graph, loaded = pcgraph.load(tmp_path)
+    assert loaded == spec()
+    assert main(["eval", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test_accuracy"] == result.test_accuracy
+
+
+def test_checkpoint_whose_tensors_do_not_fit_its_spec_is_refused(tmp_path, capsys):
+    train(spec(), epochs=1, out=tmp_path, **QUIET)
+    payload = checkpoint.read(tmp_path)
+    payload["model"]["edges.0.pipeline.0.weight"] = torch.zeros(3, 3)
+    checkpoint.save(tmp_path, payload)
+    with pytest.raises(UsageError, match="do not match its spec"):
+        pcgraph.load(tmp_path)
+    assert main(["eval", str(tmp_path)]) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+def test_missing_or_foreign_checkpoints_are_one_line_errors(tmp_path, capsys):
+    assert main(["eval", str(tmp_path)]) == 2
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert main(["train"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(line.startswith("pcgraph: error:") for line in err)
+
+
+def test_skip_diverging_batches_counts_them(tmp_path):
+    wild = spec()
+    wild = wild.model_copy(update={"inference": wild.inference.model_copy(
+        update={"optimizer": wild.inference.optimizer.model_copy(update={"lr": 1e4}), "steps": 30})})
+    result = train(wild, epochs=1, on_divergence="skip", **QUIET)
+    assert result.history[0]["skipped_batches"] > 0

@@ -7,6 +7,7 @@ and fixes a node order. Nothing after this stage reads YAML or networkx.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import networkx as nx
@@ -175,12 +176,23 @@ def _numel(shape: Shape) -> int:
 # --- the compiler ------------------------------------------------------------------------------
 
 
-def compile(spec: GraphSpec) -> CompiledGraph:  # noqa: A001 - the pipeline stage's name
+def max_bytes_default() -> int:
+    """The memory limit of :func:`compile`: $PCGRAPH_MAX_BYTES, else 8 GiB."""
+    return int(float(os.environ.get("PCGRAPH_MAX_BYTES", 8 * 2**30)))
+
+
+def compile(spec: GraphSpec, max_bytes: int | None = None) -> CompiledGraph:  # noqa: A001 - the stage's name
     """Validate ``spec`` and build its :class:`CompiledGraph` (parameters on the CPU, float32).
 
-    Raises :class:`SpecError` naming the YAML path of the first problem in each category.
+    Raises :class:`SpecError` naming the YAML path of the first problem in each category, also when
+    the parameters and a batch's states would need more than ``max_bytes`` (default
+    :func:`max_bytes_default`); that is checked before anything is allocated.
     """
     body = spec.graph
+    budget = _Budget(max_bytes if max_bytes is not None else max_bytes_default())
+    batch = spec.data.batch_size if spec.data is not None else 1
+    for v, n in body.nodes.items():  # state, gradient, optimizer buffer, tape: ~4 copies a sample
+        budget.take(4 * 4 * batch * _numel(n.shape), f"graph.nodes.{v}.shape", f"node {v!r}")
     if not body.nodes:
         raise SpecError("expected at least one node, got none", "graph.nodes")
     g = nx.MultiDiGraph()
@@ -227,7 +239,7 @@ def compile(spec: GraphSpec) -> CompiledGraph:  # noqa: A001 - the pipeline stag
                         "use init: zeros or prior", "inference.init")
     order = list(nx.topological_sort(g)) if acyclic else list(body.nodes)
 
-    edges = [_build_edge(i, e, body.nodes) for i, e in enumerate(body.edges)]
+    edges = [_build_edge(i, e, body.nodes, budget) for i, e in enumerate(body.edges)]
     nodes = {
         v: Node(v, tuple(n.shape), n,
                 tuple(i for i, e in enumerate(body.edges) if e.to == v),
@@ -237,7 +249,18 @@ def compile(spec: GraphSpec) -> CompiledGraph:  # noqa: A001 - the pipeline stag
     return CompiledGraph(spec, nodes, order, edges, acyclic)
 
 
-def _build_edge(i: int, e, nodes: dict[str, NodeSpec]) -> Edge:
+class _Budget:
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+
+    def take(self, nbytes: int, path: str, what: str) -> None:
+        self.used += nbytes
+        if self.used > self.limit:
+            raise SpecError(f"{what} brings the estimated memory to {self.used / 2**30:.2f} GiB, over the "
+                            f"limit of {self.limit / 2**30:.2f} GiB (set PCGRAPH_MAX_BYTES to raise it)", path)
+
+
+def _build_edge(i: int, e, nodes: dict[str, NodeSpec], budget: _Budget) -> Edge:
     path = f"graph.edges[{i}]"
     shapes = [tuple(nodes[s].shape) for s in e.source]
     if len(shapes) > 1:
@@ -255,6 +278,7 @@ def _build_edge(i: int, e, nodes: dict[str, NodeSpec]) -> Edge:
     for k, op in enumerate(e.fn):
         op: Op
         in_shape = tuple(x.shape[1:])
+        budget.take(4 * 3 * op.param_count(in_shape, target), f"{path}.fn[{k}]", f"op {op.kind!r}")
         try:
             m = op.build(in_shape, target)
             with torch.no_grad():

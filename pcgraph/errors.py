@@ -5,6 +5,8 @@ Every error names what was expected, what came, and (where there is one) how to 
 
 from __future__ import annotations
 
+import re
+
 
 class PCGraphError(Exception):
     """Base class of every error pcgraph raises on purpose."""
@@ -44,9 +46,14 @@ def format_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
+        elif _PLAIN.fullmatch(str(part)):
             out += f".{part}" if out else str(part)
+        else:  # an empty, spaced or odd key stays visible: graph.nodes['my node']
+            out += f"[{str(part)!r}]"
     return out
+
+
+_PLAIN = re.compile(r"[^\W\d][\w-]*")
 
 
 class Interrupted(PCGraphError):

@@ -82,7 +82,7 @@ class Prior(_Strict):
 class NodeSpec(_Strict):
     """A value node x_v: a tensor of per-sample shape ``shape``."""
 
-    shape: tuple[PositiveInt, ...] = Field(description="Per-sample shape, e.g. [784] or [3, 32, 32].")
+    shape: tuple[PositiveInt, ...] = Field(min_length=1, description="Per-sample shape, e.g. [784] or [3, 32, 32].")
     role: Literal["observed", "latent"] = Field(
         "latent", description="observed: data is fed to it; latent: always inferred."
     )
@@ -298,6 +298,8 @@ def spec_from_yaml(text: str) -> GraphSpec:
     """Parse YAML text (safe loader, duplicate keys refused) into a :class:`GraphSpec`."""
     try:
         data = yaml.load(text, Loader=problems.UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise SpecError("invalid YAML: nested too deeply") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -7,9 +7,19 @@ import yaml
 
 from pcgraph.errors import format_path
 
+MAX_NODES = 100_000  # YAML nodes after expanding aliases: a real spec has a few hundred
+MAX_DEPTH = 64
+
 
 class UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses duplicate mapping keys instead of keeping the last one."""
+    """A safe loader that refuses duplicate mapping keys instead of keeping the last one, and
+    documents whose aliases expand past ``MAX_NODES`` nodes ("billion laughs") or that nest
+    deeper than ``MAX_DEPTH``: both are refused before anything is built from them."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_size(node)
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
@@ -27,6 +37,27 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _check_size(root) -> None:
+    """Count the nodes of the tree that ``root``'s aliases expand to, without expanding it."""
+    sizes: dict[int, int] = {}
+    stack = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        if depth > MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                              node.start_mark)
+        children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        if done:
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_NODES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"the document expands to more than {MAX_NODES:,} nodes (aliases?)", node.start_mark)
+        elif id(node) not in sizes:
+            stack.append((node, depth, True))
+            stack.extend((c, depth + 1, False) for c in children if id(c) not in sizes)
 
 
 def message(e: dict) -> str:

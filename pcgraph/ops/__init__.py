@@ -37,6 +37,10 @@ class Op(BaseModel):
     def has_params(self) -> bool:
         return False
 
+    def param_count(self, in_shape: Shape, target_shape: Shape) -> int:
+        """Parameters :meth:`build` will allocate (checked against the memory limit first)."""
+        return 0
+
     @model_serializer(mode="wrap")
     def _short_form(self, handler: Any) -> Any:
         # An op with every argument at its default is written as its bare name: ``linear``.

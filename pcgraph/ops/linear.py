@@ -35,6 +35,10 @@ class Linear(Op):
     def has_params(self) -> bool:
         return True
 
+    def param_count(self, in_shape: Shape, target_shape: Shape) -> int:
+        out = self.features or target_shape[-1]
+        return in_shape[-1] * out + (out if self.bias else 0)
+
     def build(self, in_shape: Shape, target_shape: Shape) -> nn.Module:
         out = self.features or target_shape[-1]
         layer = nn.Linear(in_shape[-1], out, bias=self.bias)

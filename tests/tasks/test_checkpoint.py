@@ -42,7 +42,8 @@ def test_resume_after_epoch_1_of_3_equals_an_uninterrupted_run(tmp_path):
     assert len((tmp_path / "part" / "metrics.csv").read_text().splitlines()) == 4  # header + 3
 
 
-def test_sigint_mid_epoch_saves_and_resume_is_exact(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_epoch_saves_and_resume_is_exact(tmp_path, monkeypatch, signum):
     full = train(spec(), epochs=2, out=tmp_path / "full", **QUIET)
     calls = {"n": 0}
     original = Solver.step
@@ -50,7 +51,7 @@ def test_sigint_mid_epoch_saves_and_resume_is_exact(tmp_path, monkeypatch):
     def step_then_signal(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 60:  # epoch 2 (45 batches per epoch), batch 15
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signum)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Solver, "step", step_then_signal)

@@ -125,7 +125,8 @@ def cmd_verify_bp(args) -> int:
                  f"{r['max_rel_error']:.3e}") for r in result.sweep])
         print(f"\nper parameter at s = {result.sweep[-1]['scale']:g}, T = {result.sweep[-1]['steps']}:")
     _table(("parameter", "cosine", "rel. error", "norm ratio"),
-           [(r.name, f"{r.cosine:.8f}", f"{r.rel_error:.3e}", f"{r.norm_ratio:.6f}") for r in result.rows])
+           [(r.name, f"{r.cosine:.8f}", f"{r.rel_error:.3e}", "-" if r.norm_ratio is None else f"{r.norm_ratio:.6f}")
+            for r in result.rows])
     if result.mode == "exact":
         print(f"\nworst relative error {result.worst_rel_error:.3e} (tolerance {result.tol:g}): "
               + ("OK" if result.ok else "FAILED"))
@@ -166,8 +167,12 @@ def _plot_sweep(result, path: str) -> None:
     ax.set_ylabel("max relative error of PC / s vs BP")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as err:
+        raise UsageError(f"cannot write the plot to {path!r}: {err.strerror or err}") from None
+    finally:
+        plt.close(fig)
 
 
 def _float_list(text: str) -> list[float]:
@@ -181,7 +186,10 @@ def _float_list(text: str) -> list[float]:
 
 
 def _int_list(text: str) -> list[int]:
-    return [_positive_int(v.strip()) for v in text.split(",") if v.strip()]
+    values = [_positive_int(v.strip()) for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
 
 
 def _positive_int(text: str) -> int:

@@ -111,7 +111,7 @@ class CompiledGraph(nn.Module):
         """:meth:`forward`, also returning ``{edge index: (output, tape)}`` for the edges in ``keep``
         (the tape is what :mod:`pcgraph._impl.local` needs to differentiate the edge later)."""
         if not self.acyclic:
-            raise SpecError("a feedforward pass needs an acyclic graph; use init: zeros or prior", "inference.init")
+            raise SpecError("a feedforward pass needs an acyclic graph, and this one has a cycle", "graph.edges")
         ref = next(iter(batch.values()))
         states, kept = dict(batch), {}
         for v in self.order:
@@ -237,6 +237,9 @@ def compile(spec: GraphSpec, max_bytes: int | None = None) -> CompiledGraph:  # 
         cycle = " -> ".join([u for u, _, _ in nx.find_cycle(g)] + [nx.find_cycle(g)[0][0]])
         raise SpecError(f"forward init needs an acyclic graph, but it has the cycle {cycle}; "
                         "use init: zeros or prior", "inference.init")
+    if not acyclic and spec.data is not None and spec.train.eval == "feedforward":
+        raise SpecError("a feedforward evaluation needs an acyclic graph, but it has a cycle; "
+                        "use train.eval: inference", "train.eval")
     order = list(nx.topological_sort(g)) if acyclic else list(body.nodes)
 
     edges = [_build_edge(i, e, body.nodes, budget) for i, e in enumerate(body.edges)]

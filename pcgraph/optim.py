@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from pcgraph import spec as S
+from pcgraph.errors import SpecError
 
 
 class StateSGD:
@@ -76,12 +77,16 @@ def state_optimizer(spec: S.SGD | S.Adam | S.Euler) -> StateSGD | StateAdam:
     return StateSGD(spec.lr, spec.momentum)
 
 
+# the base class; LBFGS needs a closure, SparseAdam sparse gradients, Muon 2-D parameters only
+_UNSUITABLE = {"optimizer", "lbfgs", "sparseadam", "muon"}
+
+
 def weight_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     """The torch.optim class called ``name`` (case-insensitive); ValueError naming the known ones."""
     known = {
         k.lower(): v
         for k, v in vars(torch.optim).items()
-        if isinstance(v, type) and issubclass(v, torch.optim.Optimizer) and v is not torch.optim.Optimizer
+        if isinstance(v, type) and issubclass(v, torch.optim.Optimizer) and k.lower() not in _UNSUITABLE
     }
     if name.lower() not in known:
         raise ValueError(f"unknown torch.optim optimizer {name!r} (known: {', '.join(sorted(known))})")
@@ -97,7 +102,11 @@ def weight_optimizer(spec: S.WeightOptimizerSpec, params) -> torch.optim.Optimiz
         options["fused"] = True  # one fused kernel per step; the CPU default is a Python loop
     elif "foreach" in accepts and not {"fused", "foreach"} & set(options):
         options["foreach"] = True
+    if "weight_decay" in accepts:
+        options["weight_decay"] = spec.weight_decay
+    elif spec.weight_decay:
+        raise SpecError(f"{cls.__name__} has no weight decay; remove weight_decay", "learning.optimizer.weight_decay")
     try:
-        return cls(params, lr=spec.lr, weight_decay=spec.weight_decay, **options)
-    except TypeError as err:
-        raise S.SpecError(f"{cls.__name__} rejected these options: {err}", "learning.optimizer.options") from None
+        return cls(params, lr=spec.lr, **options)
+    except (TypeError, ValueError) as err:
+        raise SpecError(f"{cls.__name__} rejected these options: {err}", "learning.optimizer.options") from None

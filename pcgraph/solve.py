@@ -123,7 +123,8 @@ class Solver:
             fixed = sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), torch.zeros(()))
         grads_fn = local_grads if use_local else autograd_grads
         params = [p for p in graph.parameters() if p.requires_grad]
-        learn_now = (weight_optimizer is not None and not incremental) or want_grads
+        # incremental PC with nothing to infer has no steps to learn in: it learns once, at the end
+        learn_now = (weight_optimizer is not None and (not incremental or not plan.relaxed)) or want_grads
         if exact:  # unit Euler steps, one per edge of the longest path (eqs. 48-49)
             const["fixed"] = True
             start = {v: states[v] for v in plan.relaxed}  # the feedforward values
@@ -160,11 +161,15 @@ class Solver:
             if incremental:  # parameters change every step: recompute constant edges next time
                 if not bool(torch.isfinite(e)):  # never step the parameters on a diverged energy
                     raise _divergence(graph, states, torch.stack(trace), "inference", self.optimizer)
+                if plan.fixed_terms:  # terms with no relaxed state still teach their edges
+                    _, _, more = grads_fn(graph, plan, states, const, plan.fixed_terms, True, params,
+                                          need_states=False)
+                    gp = {p: gp.get(p, 0) + more.get(p, 0) for p in {**gp, **more}}
                 param_step(weight_optimizer, gp)
                 with torch.no_grad():
                     const = constant_edges(graph, plan, states)
             with torch.no_grad():
-                self.optimizer.step(xs, [gx[v] for v in plan.relaxed], buffers)
+                self.optimizer.step(xs, [gx.get(v) for v in plan.relaxed], buffers)
             steps += 1
             if self.tol is not None and steps % self.check_every == 0 and self._converged(gx, plan, b):
                 break
@@ -223,8 +228,8 @@ class Solver:
         return states, const, predicted
 
     def _converged(self, gx: States, plan: Plan, b: int) -> bool:
-        sq = sum(gx[v].reshape(b, -1).square().sum(1) for v in plan.relaxed)
-        return bool(sq.max() <= self.tol**2)
+        sq = sum(g.reshape(b, -1).square().sum(1) for v in plan.relaxed if (g := gx.get(v)) is not None)
+        return bool(torch.as_tensor(sq).max() <= self.tol**2)
 
 
 def _check_batch(graph: CompiledGraph, batch: States) -> int:
@@ -247,7 +252,7 @@ def _divergence(graph: CompiledGraph, states: States, energy: Tensor, phase: str
     bad_step = int(torch.nonzero(~torch.isfinite(energy))[0, 0])
     bad = []
     with torch.no_grad():
-        for v in graph.order:
+        for v in (v for v in graph.order if v in states):
             if not bool(torch.isfinite(states[v]).all()):
                 bad.append(f"{v} (state)")
             elif graph.nodes[v].has_energy and not bool(torch.isfinite(graph.node_energy(states, v)).all()):

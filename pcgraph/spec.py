@@ -321,7 +321,17 @@ def load_spec(path: str | Path) -> GraphSpec:
 def json_schema() -> dict:
     """The JSON Schema of the spec format (for editors' YAML autocompletion)."""
     schema = GraphSpec.model_json_schema(by_alias=True)
+    defs = schema["$defs"]
     # ops registered after import belong in the schema too: fill the pipeline items in now
-    schema["$defs"]["EdgeSpec"]["properties"]["fn"]["items"] = op_json_schema()
+    defs["EdgeSpec"]["properties"]["fn"]["items"] = op_json_schema()
+    # the short forms the loader accepts: `shape: 784`, `from: image`, `energy: categorical`, `sgd`
+    shorts = [("NodeSpec", "shape", {"type": "integer", "minimum": 1}),
+              ("EdgeSpec", "from", {"type": "string"}),
+              ("NodeSpec", "energy", {"enum": ["gaussian", "categorical"]}),
+              ("InferenceSpec", "optimizer", {"enum": ["sgd", "adam", "euler"]})]
+    for model, field, short in shorts:
+        prop = defs[model]["properties"][field]
+        keep = {k: prop.pop(k) for k in ("description", "default", "title") if k in prop}
+        defs[model]["properties"][field] = {"anyOf": [short, prop], **keep}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema

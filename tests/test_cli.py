@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import pcgraph
 from pcgraph import compile, load_spec
 from pcgraph.cli import main
 
@@ -229,3 +230,37 @@ def test_train_divergence_exits_1_with_the_node_and_writes_no_model(capsys, tmp_
     assert rc == 1
     assert err.startswith("pcgraph: diverged:") and "h1" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_more_bad_input_is_one_line(capsys, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    cases = [
+        ["verify-bp", DIGITS, "--mode", "approx", "--steps", ","],
+        ["verify-bp", MNIST, "--random-batch", "--mode", "approx", "--steps", "2", "--precision-scales", "1",
+         "--batch-size", "2", "--plot", str(tmp_path / "missing" / "x.png")],
+        ["train", DIGITS, "--no-progress", "--out", str(afile)],
+    ]
+    for argv in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("kind", ["lbfgs", "muon", "sparseadam"])
+def test_unsuitable_weight_optimizers_are_refused_by_validate(tmp_path, capsys, kind):
+    path = tmp_path / "o.yaml"
+    path.write_text(GOOD + f"learning: {{optimizer: {{kind: {kind}}}}}\n")
+    assert main(["validate", str(path)]) == 2
+    assert "learning.optimizer.kind" in _one_error_line(capsys.readouterr().err)
+
+
+def test_weight_decay_on_an_optimizer_without_it_is_a_spec_error():
+    from pcgraph.optim import weight_optimizer
+    from pcgraph.spec import WeightOptimizerSpec
+
+    graph = compile(load_spec(DIGITS))
+    with pytest.raises(pcgraph.SpecError, match="no weight decay") as err:
+        weight_optimizer(WeightOptimizerSpec(kind="rprop", weight_decay=0.1), graph.parameters())
+    assert err.value.path == "learning.optimizer.weight_decay"
+    weight_optimizer(WeightOptimizerSpec(kind="rprop"), graph.parameters())  # fine without it

@@ -66,3 +66,11 @@ def test_bad_idx_file(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(DataError, match="unknown data set"):
         load_dataset("imagenet")
+
+
+def test_truncated_gzip_is_a_data_error(tmp_path):
+    write_idx(tmp_path / "t.gz", np.zeros((50, 28, 28)), True)
+    raw = (tmp_path / "t.gz").read_bytes()
+    (tmp_path / "t.gz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(tmp_path / "t.gz")

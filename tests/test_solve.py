@@ -230,3 +230,50 @@ def test_compiled_loop_matches_eager():
     assert torch.allclose(results[1].energy, results[3].energy, rtol=1e-5)
     for p, q in zip(*(g.parameters() for g in graphs)):
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-6)
+
+
+def _clamped_middle_graph():
+    g = pcgraph.Graph("t")
+    for v, observed in (("x", True), ("m", True), ("h", False), ("y", True)):
+        g.node(v, 2, observed=observed)
+    g.edge("x", "m", "linear")
+    g.edge("m", "h", "linear", "tanh")
+    g.edge("h", "y", "linear")
+    return pcgraph.compile(g.spec()).double()
+
+
+@pytest.mark.parametrize("variant", ["standard", "incremental"])
+def test_edges_between_clamped_nodes_learn_in_every_variant(variant):
+    graph = _clamped_middle_graph()
+    before = graph.edges[0].pipeline[0].weight.detach().clone()
+    batch = {v: torch.randn(3, 2, dtype=f64) for v in "xmy"}
+    pcgraph.Solver(steps=3, variant=variant).step(graph, batch, torch.optim.SGD(graph.parameters(), lr=0.1))
+    assert not torch.equal(graph.edges[0].pipeline[0].weight, before)
+
+
+def test_frozen_parameters_stay_put():
+    graph = _clamped_middle_graph()
+    graph.edges[0].pipeline[0].weight.requires_grad_(False)
+    before = graph.edges[0].pipeline[0].weight.detach().clone()
+    batch = {v: torch.randn(3, 2, dtype=f64) for v in "xmy"}
+    for local_rules in (True, False):
+        opt = torch.optim.AdamW(graph.parameters(), lr=0.1, weight_decay=0.5)
+        pcgraph.Solver(steps=3, local_rules=local_rules).step(graph, batch, opt)
+    assert torch.equal(graph.edges[0].pipeline[0].weight, before)
+
+
+@pytest.mark.parametrize("settings_", [{"tol": 1e-3}, {"variant": "incremental"}, {"local_rules": False}])
+def test_a_state_with_no_energy_gradient_is_left_alone(settings_):
+    """z feeds only a free leaf, so nothing pulls on it; no route may crash on that."""
+    g = pcgraph.Graph("t")
+    g.node("x", 2, observed=True)
+    g.node("y", 2, observed=True)
+    g.node("z", 2)
+    g.node("f", 2)
+    g.edge("x", "y", "linear")
+    g.edge("z", "f", "linear")
+    g.inference(init="zeros")
+    graph = pcgraph.compile(g.spec())
+    r = pcgraph.Solver(steps=4, init="zeros", **settings_).step(
+        graph, {"x": torch.randn(3, 2), "y": torch.randn(3, 2)}, torch.optim.SGD(graph.parameters(), lr=0.1))
+    assert torch.equal(r.states["z"], torch.zeros(3, 2))

@@ -308,3 +308,15 @@ def test_json_schema():
     text = json.dumps(schema)  # JSON-serialisable
     for kind in OPS:
         assert f'"{kind}"' in text, kind
+
+
+def test_json_schema_accepts_every_shipped_spec_and_rejects_unknown_fields():
+    jsonschema = pytest.importorskip("jsonschema")
+    import yaml
+
+    validator = jsonschema.Draft202012Validator(json_schema())
+    for path in SPECS:
+        data = yaml.safe_load(path.read_text())
+        assert not list(validator.iter_errors(data)), path
+        data["graph"]["nodes"]["image"]["colour"] = "red"
+        assert list(validator.iter_errors(data))

@@ -178,7 +178,8 @@ def autograd_grads(graph, plan, states, const, terms, want_params, params, need_
                     y = graph.edges[i](states)
                     mu = y if mu is None else mu + y
             total = total + graph.node_energy(states, v, mu).sum()
-        grads = torch.autograd.grad(total, wrt, allow_unused=True) if wrt else []
+        grads = torch.autograd.grad(total, wrt, allow_unused=True) if wrt and total.requires_grad else []
+        grads = list(grads) or [None] * len(wrt)  # no term depends on them: no gradient
     for x in xs:
         x.requires_grad_(False)
     gx = dict(zip(plan.relaxed, grads[: len(xs)]))
@@ -189,9 +190,10 @@ def autograd_grads(graph, plan, states, const, terms, want_params, params, need_
 
 def param_step(opt: torch.optim.Optimizer, grads: dict) -> None:
     """Install the (batch-mean) gradients and step the weight optimizer. A parameter missing from
-    ``grads`` had only zero-error terms below it: its gradient is exactly zero."""
+    ``grads`` had only zero-error terms below it: its gradient is exactly zero. Frozen parameters
+    (``requires_grad=False``) get no gradient, so the optimizer leaves them alone."""
     for group in opt.param_groups:
         for p in group["params"]:
             g = grads.get(p)
-            p.grad = torch.zeros_like(p) if g is None else g
+            p.grad = None if not p.requires_grad else torch.zeros_like(p) if g is None else g
     opt.step()

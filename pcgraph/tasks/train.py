@@ -62,7 +62,7 @@ def prepare(data: Dataset, spec: DataSpec, graph: CompiledGraph, device) -> tupl
 
 def lr_schedule(optimizer: torch.optim.Optimizer, learning: LearningSpec, updates: int):
     """Per-update learning-rate factor: linear warm-up over ``warmup * updates``, then constant or
-    cosine decay to 0 at the last update."""
+    a cosine decay that would reach 0 one update after the last."""
     warm = int(learning.warmup * updates)
 
     def factor(step: int) -> float:
@@ -159,6 +159,13 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
         raise UsageError(f"the number of epochs must be at least 1, got {epochs}")
     torch.manual_seed(spec.train.seed)
     graph = compile(spec).to(dev)
+    target = graph.nodes[spec.data.target]
+    if spec.train.eval == "feedforward" and not target.incoming:
+        raise SpecError(f"the target {spec.data.target!r} has no incoming edges, so a feedforward pass cannot "
+                        "predict it; use train.eval: inference", "train.eval")
+    # train accuracy scores feedforward predictions; forward init makes them for a leaf target for free
+    forward_init = spec.inference.init == "forward" or spec.learning.variant == "exact"
+    extra_pass = graph.acyclic and not (forward_init and not target.outgoing)
     solver = Solver.from_spec(spec)
     optimizer = weight_optimizer(spec.learning.optimizer, graph.parameters())
     d = spec.data
@@ -181,10 +188,13 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
         perm = saved["perm"].to(dev) if saved["perm"] is not None else None
     out = Path(out) if out is not None else None
     if out is not None and saved is None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "spec.yaml").write_text(spec.to_yaml())
-        (out / "metrics.jsonl").write_text("")
-        (out / "metrics.csv").write_text(",".join(_COLUMNS) + "\n")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "spec.yaml").write_text(spec.to_yaml())
+            (out / "metrics.jsonl").write_text("")
+            (out / "metrics.csv").write_text(",".join(_COLUMNS) + "\n")
+        except OSError as err:
+            raise UsageError(f"cannot write the run folder {str(out)!r}: {err.strerror or err}") from None
 
     def snapshot(epoch_done: int, position: int, perm, partial) -> dict:
         return {"spec": spec.to_yaml(), "model": graph.state_dict(), "optimizer": optimizer.state_dict(),
@@ -206,9 +216,13 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
                 batch = {d.input: x_train[idx], d.target: F.one_hot(y_train[idx], classes).to(x_train.dtype)}
                 try:
                     if method == "pc":
+                        predicted = None
+                        if extra_pass:
+                            with torch.no_grad():
+                                predicted = graph({d.input: batch[d.input]})[d.target]
                         r = solver.step(graph, batch, optimizer)
                         energy += r.energy[-1]
-                        predicted = r.predicted.get(d.target)
+                        predicted = r.predicted.get(d.target, predicted)
                     else:
                         with torch.no_grad():
                             predicted = graph({d.input: batch[d.input]})[d.target]

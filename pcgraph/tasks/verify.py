@@ -32,13 +32,13 @@ class ParamCheck:
     name: str
     cosine: float
     rel_error: float
-    norm_ratio: float
+    norm_ratio: float | None  # None when backprop's gradient is zero
 
 
 @dataclass
 class BPCheck:
     """The result of :func:`verify_bp`. ``rows`` compare the PC gradient with backprop's per
-    parameter (exact mode; in approx mode, the smallest scale at the most steps). ``sweep`` has one
+    parameter (exact mode; in approx mode, the last (steps, scale) pair swept). ``sweep`` has one
     summary per (scale, steps) in approx mode. ``ok``: every rel_error <= ``tol`` (exact mode)."""
 
     mode: str
@@ -76,7 +76,7 @@ def compare(pc: dict[str, Tensor], bp: dict[str, Tensor]) -> list[ParamCheck]:
         gn, pn = g.norm().item(), p.norm().item()
         cos = (p @ g).item() / (pn * gn) if pn and gn else float(pn == gn)
         rel = (p - g).norm().item() / gn if gn else (0.0 if pn == 0 else float("inf"))
-        rows.append(ParamCheck(name, cos, rel, pn / gn if gn else float("nan")))
+        rows.append(ParamCheck(name, cos, rel, pn / gn if gn else None))
     return rows
 
 
@@ -85,6 +85,8 @@ def check_verifiable(graph: CompiledGraph, batch: States) -> None:
     if not graph.acyclic:
         raise SpecError("verify-bp needs an acyclic graph (backprop runs a feedforward pass), but this "
                         "graph has a cycle", "graph.edges")
+    if not any(True for _ in graph.parameters()):
+        raise SpecError("verify-bp compares parameter gradients, and this graph has no parameters", "graph.edges")
     if not any(graph.nodes[v].incoming for v in batch):
         raise SpecError("verify-bp needs an observed output: a clamped node with incoming edges, whose "
                         "energy is the loss; none of the given nodes has one", "graph.nodes")
@@ -94,7 +96,8 @@ def bp_gradients(graph: CompiledGraph, batch: States) -> dict[str, Tensor]:
     """Backprop's batch-mean gradient of the outputs' energies at the feedforward pass."""
     names, params = zip(*graph.named_parameters())
     with torch.enable_grad():
-        grads = torch.autograd.grad(graph.bp_loss(batch), params, allow_unused=True)
+        loss = graph.bp_loss(batch)
+        grads = torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad else [None] * len(params)
     return {n: torch.zeros_like(p) if g is None else g for n, p, g in zip(names, params, grads)}
 
 

@@ -54,3 +54,29 @@ def test_exact_variant_trains_like_backprop(tmp_path):
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-4), k
     assert pc.test_accuracy > 0.5
+
+
+def test_evaluations_that_cannot_work_are_refused_up_front():
+    import pytest
+
+    # a generative graph whose target is a root: a feedforward pass cannot predict it
+    g = pcgraph.Graph("gen")
+    g.node("label", 10, observed=True)
+    g.node("image", 64, observed=True)
+    g.edge("label", "image", "linear")
+    g.data(dataset="digits")
+    with pytest.raises(pcgraph.SpecError, match="train.eval: inference"):
+        train(g.spec(), epochs=1, progress=False, log=lambda s: None)
+    # a cyclic graph with the default feedforward evaluation
+    g.node("h", 5)
+    g.edge("image", "h", "linear")
+    g.edge("h", "label", "linear")
+    g.inference(init="zeros")
+    with pytest.raises(pcgraph.SpecError) as err:
+        pcgraph.compile(g.spec())
+    assert err.value.path == "train.eval"
+
+
+def test_train_accuracy_is_reported_with_zero_init():
+    spec = quick_spec(init="zeros")
+    assert train(spec, epochs=1, progress=False, log=lambda s: None).train_accuracy > 0  # was 0: unmeasured

@@ -116,3 +116,18 @@ def test_cli_approx_with_a_categorical_output_is_one_error_line(capsys):
     rc = main(["verify-bp", "specs/digits_mlp.yaml", "--random-batch", "--mode", "approx"])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.splitlines()) == 1 and "categorical" in err
+
+
+def test_graph_without_parameters_and_zero_gradients():
+    g = pcgraph.Graph("nop")
+    g.node("x", 2, observed=True)
+    g.node("y", 2, observed=True)
+    g.edge("x", "y", "tanh")
+    with pytest.raises(pcgraph.SpecError, match="no parameters"):
+        verify_bp(pcgraph.compile(g.spec()), {"x": torch.randn(2, 2), "y": torch.randn(2, 2)})
+    g.node("free", 2)
+    g.edge("x", "free", "linear")  # feeds a free leaf: backprop's gradient is exactly zero
+    result = verify_bp(pcgraph.compile(g.spec()), {"x": torch.randn(2, 2), "y": torch.randn(2, 2)})
+    assert result.ok
+    json.loads(result.to_json())  # valid JSON: no NaN
+    assert all(r.norm_ratio is None for r in result.rows)

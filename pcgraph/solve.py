@@ -221,6 +221,9 @@ class Solver:
         else:
             states = dict(batch)
             ref = next(iter(batch.values()))
+            missing = [v for v in plan.relaxed if init is not None and v not in init]
+            if missing:
+                raise KeyError(f"init gives no starting state for {missing}; give every inferred node")
             for v in plan.relaxed:
                 states[v] = init[v] if init is not None else graph.root_value(v, ref, self.init == "prior")
             const = constant_edges(graph, plan, states)

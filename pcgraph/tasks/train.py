@@ -84,6 +84,8 @@ def resolve_device(device: str) -> torch.device:
         raise UsageError(f"unknown device {device!r}; expected cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {device!r} was asked for but no CUDA device is available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
     if dev.type not in ("cpu", "cuda"):
         raise UsageError(f"device {device!r} is not supported; expected cpu or cuda")
     return dev

@@ -180,7 +180,11 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
     history: list[dict] = []
     first_epoch, position, partial, perm = 1, 0, None, None
     if saved:
-        graph.load_state_dict(saved["model"])
+        try:
+            graph.load_state_dict(saved["model"])
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise UsageError(f"the checkpoint's parameters do not match its spec: {first}") from None
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng_torch"])

@@ -98,7 +98,9 @@ def test_checkpoint_whose_tensors_do_not_fit_its_spec_is_refused(tmp_path, capsy
     with pytest.raises(UsageError, match="do not match its spec"):
         pcgraph.load(tmp_path)
     assert main(["eval", str(tmp_path)]) == 2
-    assert len(capsys.readouterr().err.splitlines()) == 1
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all("do not match its spec" in line for line in err)
 
 
 def test_missing_or_foreign_checkpoints_are_one_line_errors(tmp_path, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from pcgraph.errors import DivergenceError, Interrupted, PCGraphError, UsageError
@@ -40,7 +41,7 @@ def cmd_show(args) -> int:
     spec, graph = _graph(args)
     clamped = {v for v, n in graph.nodes.items() if n.spec.role == "observed"}
     node_rows = [(v, "x".join(map(str, n.shape)), n.spec.role, n.spec.energy.kind,
-                  "-" if v in clamped else f"{_numel(n.shape):,}") for v, n in graph.nodes.items()]
+                  "-" if v in clamped else f"{math.prod(n.shape):,}") for v, n in graph.nodes.items()]
     edge_rows = [(" + ".join(e.sources), e.target, " -> ".join(op.kind for op in spec.graph.edges[i].fn),
                   f"{sum(p.numel() for p in e.parameters()):,}") for i, e in enumerate(graph.edges)]
     print(f"{spec.name}" + (f": {spec.description}" if spec.description else ""))
@@ -197,12 +198,6 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
 
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _table(header: tuple, rows: list[tuple]) -> None:

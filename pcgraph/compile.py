@@ -7,6 +7,7 @@ and fixes a node order. Nothing after this stage reads YAML or networkx.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -160,17 +161,11 @@ class CompiledGraph(nn.Module):
         """Number of inferred scalars per sample (``clamped`` defaults to the observed nodes)."""
         if clamped is None:
             clamped = {v for v, n in self.nodes.items() if n.spec.role == "observed"}
-        return sum(_numel(n.shape) for v, n in self.nodes.items() if v not in clamped)
+        return sum(math.prod(n.shape) for v, n in self.nodes.items() if v not in clamped)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-
-def _numel(shape: Shape) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
 
 
 # --- the compiler ------------------------------------------------------------------------------
@@ -192,7 +187,7 @@ def compile(spec: GraphSpec, max_bytes: int | None = None) -> CompiledGraph:  # 
     budget = _Budget(max_bytes if max_bytes is not None else max_bytes_default())
     batch = spec.data.batch_size if spec.data is not None else 1
     for v, n in body.nodes.items():  # state, gradient, optimizer buffer, tape: ~4 copies a sample
-        budget.take(4 * 4 * batch * _numel(n.shape), f"graph.nodes.{v}.shape", f"node {v!r}")
+        budget.take(4 * 4 * batch * math.prod(n.shape), f"graph.nodes.{v}.shape", f"node {v!r}")
     if not body.nodes:
         raise SpecError("expected at least one node, got none", "graph.nodes")
     g = nx.MultiDiGraph()

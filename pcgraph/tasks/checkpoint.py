@@ -56,12 +56,17 @@ def restore_graph(payload: dict) -> tuple[CompiledGraph, GraphSpec]:
     except SpecError as err:
         raise UsageError(f"the checkpoint's spec is invalid: {err}") from None
     graph = compile(spec)
+    load_parameters(graph, payload)
+    return graph, spec
+
+
+def load_parameters(graph: CompiledGraph, payload: dict) -> None:
+    """Put the checkpoint's parameters into ``graph``; UsageError when they do not fit it."""
     try:
         graph.load_state_dict(payload["model"])
     except (RuntimeError, KeyError) as err:
         first = str(err).strip().splitlines()[0]
         raise UsageError(f"the checkpoint's parameters do not match its spec: {first}") from None
-    return graph, spec
 
 
 def load(folder: str | os.PathLike) -> tuple[CompiledGraph, GraphSpec]:

@@ -49,8 +49,8 @@ def prepare(data: Dataset, spec: DataSpec, graph: CompiledGraph, device) -> tupl
     shape = graph.nodes[spec.input].shape
     out = []
     for x in (data.x_train, data.x_test):
-        if x[0].numel() != _numel(shape):
-            raise SpecError(f"node {spec.input!r} has shape {list(shape)} ({_numel(shape)} values) but "
+        if x[0].numel() != math.prod(shape):
+            raise SpecError(f"node {spec.input!r} has shape {list(shape)} ({math.prod(shape)} values) but "
                             f"{data.name} images have {list(x.shape[1:])}", "data.input")
         x = x.reshape(len(x), *shape)
         out.append((x - 0.5) / 0.5 if spec.normalize == "center" else x)
@@ -90,12 +90,6 @@ def resolve_device(device: str) -> torch.device:
         raise UsageError(f"device {device!r} is not supported; expected cpu or cuda")
     return dev
 
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 @torch.no_grad()
@@ -180,11 +174,7 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
     history: list[dict] = []
     first_epoch, position, partial, perm = 1, 0, None, None
     if saved:
-        try:
-            graph.load_state_dict(saved["model"])
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[0]
-            raise UsageError(f"the checkpoint's parameters do not match its spec: {first}") from None
+        checkpoint.load_parameters(graph, saved)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng_torch"])

@@ -1,4 +1,5 @@
-"""Hypothesis strategies shared by the tests: random layered DAG specs and batches for them."""
+"""Shared by the tests: a small valid spec, and hypothesis strategies for random layered DAG specs
+and batches for them."""
 
 import torch
 import torch.nn.functional as F
@@ -7,6 +8,18 @@ from hypothesis import strategies as st
 import pcgraph
 
 f64 = torch.float64
+
+SMALL_SPEC = """\
+name: t
+graph:
+  nodes:
+    image: {shape: [4], role: observed}
+    h:     {shape: [3]}
+    label: {shape: [2], role: observed}
+  edges:
+    - {from: image, to: h,     fn: [linear, leaky_relu]}
+    - {from: h,     to: label, fn: [linear]}
+"""
 
 SMOOTH = ["tanh", "sigmoid", "gelu", "identity"]
 ALL_ACTIVATIONS = SMOOTH + ["relu", "leaky_relu"]

@@ -14,23 +14,14 @@ import torch
 import pcgraph
 from pcgraph import compile, load_spec
 from pcgraph.cli import main
+from tests.strategies import SMALL_SPEC
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
 DIGITS = str(ROOT / "specs" / "digits_mlp.yaml")
 MNIST = str(ROOT / "specs" / "mnist_mlp.yaml")
 
-GOOD = """\
-name: t
-graph:
-  nodes:
-    image: {shape: [4], role: observed}
-    h:     {shape: [3]}
-    label: {shape: [2], role: observed}
-  edges:
-    - {from: image, to: h,     fn: [linear, leaky_relu]}
-    - {from: h,     to: label, fn: [linear]}
-"""
+GOOD = SMALL_SPEC
 
 # (id, spec text, YAML path the one error line must name)
 BAD = [

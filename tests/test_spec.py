@@ -10,6 +10,7 @@ import pytest
 import pcgraph
 from pcgraph import Graph, SpecError, compile, json_schema, load_spec, spec_from_yaml
 from pcgraph.ops import OPS
+from tests.strategies import SMALL_SPEC
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
@@ -150,17 +151,7 @@ def test_builder_errors_carry_yaml_paths():
 
 # --- bad specs -------------------------------------------------------------------------------
 
-BASE = """\
-name: t
-graph:
-  nodes:
-    image: {shape: [4], role: observed}
-    h:     {shape: [3]}
-    label: {shape: [2], role: observed}
-  edges:
-    - {from: image, to: h,     fn: [linear, leaky_relu]}
-    - {from: h,     to: label, fn: [linear]}
-"""
+BASE = SMALL_SPEC
 
 
 def _sub(old: str, new: str, text: str = BASE) -> str:

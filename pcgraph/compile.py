@@ -276,7 +276,11 @@ def _build_edge(i: int, e, nodes: dict[str, NodeSpec], budget: _Budget) -> Edge:
     for k, op in enumerate(e.fn):
         op: Op
         in_shape = tuple(x.shape[1:])
-        budget.take(4 * 3 * op.param_count(in_shape, target), f"{path}.fn[{k}]", f"op {op.kind!r}")
+        try:
+            count = op.param_count(in_shape, target)
+        except (ValueError, IndexError):
+            count = 0  # build() below says what is wrong
+        budget.take(4 * 3 * count, f"{path}.fn[{k}]", f"op {op.kind!r}")
         try:
             m = op.build(in_shape, target)
             with torch.no_grad():

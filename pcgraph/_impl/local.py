@@ -19,12 +19,16 @@ from pcgraph.spec import Categorical
 
 _aten = torch.ops.aten
 _ELEMENTWISE = (nn.Identity, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.Flatten, nn.Unflatten)
+_WEIGHTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 
 
 def supported(graph) -> bool:
     """True when every module of every edge has a closed-form VJP here."""
     return all(
-        isinstance(m, (nn.Linear, *_ELEMENTWISE)) and not (isinstance(m, nn.GELU) and m.approximate != "none")
+        isinstance(m, (*_WEIGHTED, *_POOLS, *_ELEMENTWISE))
+        and not (isinstance(m, nn.GELU) and m.approximate != "none")
+        and not (isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.padding_mode != "zeros")
         for e in graph.edges for m in e.pipeline
     )
 
@@ -61,6 +65,24 @@ def _vjp(m: nn.Module, x: Tensor, g: Tensor, grads: dict | None, need_input: boo
             if m.bias is not None:
                 _accumulate(grads, m.bias, g2.sum(0))
         return g @ m.weight if need_input else None  # (B, out) @ (out, in) -> (B, in)
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):  # dx = W^T * g (the adjoint conv), dW = g * x
+        transposed = isinstance(m, nn.ConvTranspose2d)
+        mask = [need_input, grads is not None, grads is not None and m.bias is not None]
+        dx, dw, db = _aten.convolution_backward(
+            g, x, m.weight, [m.weight.shape[1] if transposed else m.weight.shape[0]], m.stride, m.padding,
+            m.dilation, transposed, m.output_padding, m.groups, mask)
+        if grads is not None:
+            _accumulate(grads, m.weight, dw)
+            if m.bias is not None:
+                _accumulate(grads, m.bias, db)
+        return dx
+    if isinstance(m, nn.MaxPool2d):  # g goes to each window's arg max
+        _, idx = F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
+        return _aten.max_pool2d_with_indices_backward(g, x, _pair(m.kernel_size), _pair(m.stride),
+                                                      _pair(m.padding), _pair(m.dilation), m.ceil_mode, idx)
+    if isinstance(m, nn.AvgPool2d):  # g / k^2 spread over each window
+        return _aten.avg_pool2d_backward(g, x, _pair(m.kernel_size), _pair(m.stride), _pair(m.padding),
+                                         m.ceil_mode, m.count_include_pad, m.divisor_override)
     # aten's fused backward kernels: one pass each instead of 3-5 elementwise ops
     if isinstance(m, nn.LeakyReLU):  # f' = 1 if x > 0 else slope
         return _aten.leaky_relu_backward(g, x, m.negative_slope, False)
@@ -77,6 +99,10 @@ def _vjp(m: nn.Module, x: Tensor, g: Tensor, grads: dict | None, need_input: boo
     return g  # identity
 
 
+def _pair(v) -> list[int]:
+    return list(v) if isinstance(v, (tuple, list)) else [v, v]
+
+
 def _accumulate(grads: dict, p: Tensor, g: Tensor) -> None:
     grads[p] = grads[p] + g if p in grads else g
 
@@ -89,7 +115,7 @@ def edge_backward(edge, tape: list[Tensor], g: Tensor, grads: dict | None = None
     n_src = len(edge.sources)
     mods = list(zip(edge.pipeline, tape[n_src:]))
     for k in range(len(mods) - 1, -1, -1):
-        if not need_inputs and not any(isinstance(m, nn.Linear) for m, _ in mods[:k + 1]):
+        if not need_inputs and not any(isinstance(m, _WEIGHTED) for m, _ in mods[:k + 1]):
             return None  # nothing left that holds parameters
         g = _vjp(mods[k][0], mods[k][1], g, grads, need_inputs or k > 0)
     if not need_inputs:

@@ -99,4 +99,4 @@ def op_json_schema() -> dict:
 __all__ = ["OPS", "Op", "Shape", "ValidationError", "op_json_schema", "parse_op", "register_op"]
 
 # Built-in ops register themselves on import.
-from pcgraph.ops import activation, linear, shape  # noqa: E402,F401
+from pcgraph.ops import activation, conv, linear, shape  # noqa: E402,F401

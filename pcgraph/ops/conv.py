@@ -1,0 +1,134 @@
+"""Image ops on per-sample shapes (C, H, W): convolutions and pooling.
+
+Output sizes follow ``out = (in + 2 p - k) // s + 1`` (convolution, pooling) and
+``out = (in - 1) s - 2 p + k + output_padding`` (transposed convolution). Each op checks its input
+before building, so a bad pipeline fails at compile time with the edge's YAML path, the shape that
+came and what was expected (see :func:`pcgraph.compile`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, NonNegativeInt, PositiveInt
+from torch import nn
+
+from pcgraph.ops import Op, Shape, register_op
+from pcgraph.ops.linear import _INITS
+
+_Init = Literal["torch", "xavier_uniform", "xavier_normal", "kaiming_uniform", "zeros"]
+
+
+def _image(kind: str, in_shape: Shape, in_channels: int | None) -> tuple[int, int, int]:
+    if len(in_shape) != 3:
+        raise ValueError(f"{kind} expects a per-sample image shape [channels, height, width], "
+                         f"got {list(in_shape)}; unflatten it first")
+    if in_channels is not None and in_shape[0] != in_channels:
+        raise ValueError(f"{kind} expects {in_channels} input channels, got {in_shape[0]}")
+    return in_shape  # type: ignore[return-value]
+
+
+def _window(kind: str, size: int, k: int, s: int, p: int, dim: str) -> int:
+    if size + 2 * p < k:
+        raise ValueError(f"{kind} kernel {k} is larger than the padded input {dim} {size} + 2*{p}")
+    return (size + 2 * p - k) // s + 1
+
+
+class _Conv(Op):
+    out_channels: PositiveInt | None = Field(
+        None, description="Output channels; default: the target node's first dimension.")
+    in_channels: PositiveInt | None = Field(
+        None, description="Input channels, checked against the input if given (default: inferred).")
+    kernel_size: PositiveInt = Field(3, description="Square kernel size k.")
+    stride: PositiveInt = Field(1, description="Stride s.")
+    padding: NonNegativeInt = Field(0, description="Zero padding p on each side.")
+    bias: bool = Field(True, description="Add a learnt bias per output channel.")
+    init: _Init = Field("torch", description="Weight initialisation (biases start at zero unless torch).")
+
+    @property
+    def has_params(self) -> bool:
+        return True
+
+    def _channels(self, in_shape: Shape, target_shape: Shape) -> tuple[int, int]:
+        c_in = _image(self.kind, in_shape, self.in_channels)[0]
+        return c_in, self.out_channels or target_shape[0]
+
+    def param_count(self, in_shape: Shape, target_shape: Shape) -> int:
+        c_in, c_out = self._channels(in_shape, target_shape)
+        return c_in * c_out * self.kernel_size ** 2 + (c_out if self.bias else 0)
+
+    def _init(self, layer: nn.Module) -> nn.Module:
+        if self.init != "torch":
+            with torch.no_grad():
+                _INITS[self.init](layer.weight)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+        return layer
+
+
+@register_op
+class Conv2d(_Conv):
+    """Cross-correlation y = W * x + b over (C, H, W) inputs, square kernel, zero padding."""
+
+    kind = "conv2d"
+
+    def build(self, in_shape: Shape, target_shape: Shape) -> nn.Module:
+        c_in, c_out = self._channels(in_shape, target_shape)
+        for size, dim in ((in_shape[1], "height"), (in_shape[2], "width")):
+            _window(self.kind, size, self.kernel_size, self.stride, self.padding, dim)
+        return self._init(nn.Conv2d(c_in, c_out, self.kernel_size, self.stride, self.padding, bias=self.bias))
+
+
+@register_op
+class ConvTranspose2d(_Conv):
+    """Transposed convolution (the adjoint of conv2d), e.g. k3 s2 p1 output_padding 1 doubles H, W."""
+
+    kind = "conv_transpose2d"
+    output_padding: NonNegativeInt = Field(0, description="Extra rows/columns on one side of the output.")
+
+    def build(self, in_shape: Shape, target_shape: Shape) -> nn.Module:
+        c_in, c_out = self._channels(in_shape, target_shape)
+        if self.output_padding >= self.stride:
+            raise ValueError(f"output_padding ({self.output_padding}) must be smaller than stride ({self.stride})")
+        for size, dim in ((in_shape[1], "height"), (in_shape[2], "width")):
+            if (size - 1) * self.stride - 2 * self.padding + self.kernel_size + self.output_padding < 1:
+                raise ValueError(f"padding {self.padding} leaves no output {dim} for input {dim} {size}")
+        layer = nn.ConvTranspose2d(c_in, c_out, self.kernel_size, self.stride, self.padding,
+                                   self.output_padding, bias=self.bias)
+        return self._init(layer)
+
+
+class _Pool(Op):
+    kernel_size: PositiveInt = Field(2, description="Square window size k.")
+    stride: PositiveInt | None = Field(None, description="Stride s; default: the kernel size.")
+    padding: NonNegativeInt = Field(0, description="Padding p on each side (at most k / 2).")
+
+    def _check(self, in_shape: Shape) -> int:
+        _image(self.kind, in_shape, None)
+        if 2 * self.padding > self.kernel_size:
+            raise ValueError(f"padding ({self.padding}) must be at most half the kernel size ({self.kernel_size})")
+        s = self.stride or self.kernel_size
+        for size, dim in ((in_shape[1], "height"), (in_shape[2], "width")):
+            _window(self.kind, size, self.kernel_size, s, self.padding, dim)
+        return s
+
+
+@register_op
+class MaxPool2d(_Pool):
+    """y = max over each k x k window (per channel)."""
+
+    kind = "max_pool2d"
+
+    def build(self, in_shape: Shape, target_shape: Shape) -> nn.Module:
+        return nn.MaxPool2d(self.kernel_size, self._check(in_shape), self.padding)
+
+
+@register_op
+class AvgPool2d(_Pool):
+    """y = mean over each k x k window (per channel; zero padding counts)."""
+
+    kind = "avg_pool2d"
+
+    def build(self, in_shape: Shape, target_shape: Shape) -> nn.Module:
+        return nn.AvgPool2d(self.kernel_size, self._check(in_shape), self.padding)

@@ -1,4 +1,4 @@
-"""The ``pcgraph`` command line: validate, schema, show, train, eval, verify-bp.
+"""The ``pcgraph`` command line: validate, schema, show, train, eval, bench, verify-bp.
 
 Bad input (a missing or invalid spec, a missing data set, an unknown device) prints one line on
 stderr and exits with status 2; a diverging run exits with status 1. With ``--json`` the last
@@ -52,9 +52,16 @@ def cmd_show(args) -> int:
     print()
     print(f"total: {len(graph.nodes)} nodes, {len(graph.edges)} edges, {graph.num_params():,} parameters, "
           f"{graph.states_per_sample():,} inferred states per sample")
+    bp_params = graph.num_params()
+    if spec.bp.encoder is not None:
+        from pcgraph.tasks.objective import Backprop
+
+        bp_params = sum(p.numel() for p in Backprop(spec, graph).parameters())
+        print(f"backprop baseline: encoder {spec.bp.encoder.source[0]} -> {spec.bp.encoder.to} + this graph "
+              f"as decoder, {bp_params:,} parameters")
     if args.json:
         print(json.dumps({"name": spec.name, "params": graph.num_params(),
-                          "states_per_sample": graph.states_per_sample(),
+                          "states_per_sample": graph.states_per_sample(), "bp_params": bp_params,
                           "nodes": len(graph.nodes), "edges": len(graph.edges)}))
     return 0
 
@@ -76,7 +83,7 @@ def cmd_train(args) -> int:
     if args.json:
         print(result.to_json())
     else:
-        print(f"final test accuracy {100 * result.test_accuracy:.2f}% (best {100 * result.best_test_accuracy:.2f}%), "
+        print(f"final test {_score(result.metric, result.test_metric)} (best {_score(result.metric, result.best_test_metric)}), "
               f"{result.params:,} parameters, {result.states_per_sample} states per sample")
     return 0
 
@@ -88,15 +95,57 @@ def cmd_eval(args) -> int:
     from pcgraph.tasks.train import evaluate, prepare, resolve_device
 
     graph, spec = load(args.run)
-    if spec.data is None or spec.data.target is None:
-        raise UsageError("the run's spec has no data section with a target to evaluate on")
+    if spec.data is None:
+        raise UsageError("the run's spec has no data section to evaluate on")
     dev = resolve_device(args.device)
     graph = graph.to(dev)
     _, _, x_test, y_test = prepare(load_dataset(spec.data.dataset, args.data_root), spec.data, graph, dev)
-    accuracy = evaluate(graph, spec, Solver.from_spec(spec), x_test, y_test)
-    print(f"{spec.name}: test accuracy {100 * accuracy:.2f}% ({spec.train.eval}, {len(y_test)} samples)")
+    value = evaluate(graph, spec, Solver.from_spec(spec), x_test, y_test)
+    metric = "accuracy" if spec.data.target is not None else "mse"
+    how = spec.train.eval if metric == "accuracy" else "inferred code"
+    print(f"{spec.name}: test {_score(metric, value)} ({how}, {len(y_test)} samples)")
     if args.json:
-        print(json.dumps({"name": spec.name, "test_accuracy": accuracy, "samples": len(y_test)}))
+        print(json.dumps({"name": spec.name, f"test_{metric}": value, "samples": len(y_test)}))
+    return 0
+
+
+def _score(metric: str, value: float) -> str:
+    return f"accuracy {100 * value:.2f}%" if metric == "accuracy" else f"mse {value:.4e}"
+
+
+def cmd_bench(args) -> int:
+    from pcgraph.spec import load_spec
+    from pcgraph.tasks import bench
+
+    specs = [load_spec(path) for path in args.specs]
+    if args.compile:
+        specs = [s.model_copy(update={"inference": s.inference.model_copy(update={"compile": True})}) for s in specs]
+    for path, spec in zip(args.specs, specs):
+        if spec.data is None:
+            raise UsageError(f"{path}: a spec needs a data section to be benchmarked")
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    out = args.out
+    if args.images and out is None:
+        raise UsageError("--images needs --out DIR (the trained runs it draws from)")
+    rows = bench.bench(specs, seeds=args.seeds, epochs=args.epochs, data_root=args.data_root, device=args.device,
+                       out=out, methods=tuple(args.methods), log=log, progress=not args.no_progress)
+    print()
+    _table(bench.HEADER, bench.table(rows))
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(bench.to_markdown(rows))
+    if args.plot:
+        bench.plot(rows, args.plot)
+    if args.images:
+        from pathlib import Path
+
+        Path(args.images).mkdir(parents=True, exist_ok=True)
+        for spec in specs:
+            if spec.data.target is None:
+                bench.reconstruction_grid(spec, out, Path(args.images) / f"{spec.name}-reconstructions.png",
+                                          args.data_root)
+    if args.json:
+        print(bench.to_json(rows))
     return 0
 
 
@@ -193,6 +242,13 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _methods(text: str) -> list[str]:
+    values = [v.strip().lower() for v in text.split(",") if v.strip()]
+    if not values or any(v not in ("pc", "bp") for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected pc, bp or pc,bp, got {text!r}")
+    return values
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
@@ -237,12 +293,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="epoch lines to stderr, final figures as JSON on stdout")
     t.set_defaults(fn=cmd_train)
-    ev = sub.add_parser("eval", help="test accuracy of a trained run folder")
+    ev = sub.add_parser("eval", help="test metric of a trained run folder")
     ev.add_argument("run", help="a folder written by pcgraph train --out")
     ev.add_argument("--data-root", help="folder with the data set's files (default: $PCGRAPH_DATA)")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(fn=cmd_eval)
+    b = sub.add_parser("bench", help="train specs with PC and their backprop baseline over seeds: Table 1 rows")
+    b.add_argument("specs", nargs="+", metavar="SPEC")
+    b.add_argument("--seeds", type=_positive_int, default=3, help="seeds train.seed, +1, ... (default 3)")
+    b.add_argument("--epochs", type=_positive_int, help="override train.epochs")
+    b.add_argument("--methods", type=_methods, default=["pc", "bp"], help="pc,bp (default) or one of them")
+    b.add_argument("--data-root", help="folder with the data sets' files (default: $PCGRAPH_DATA)")
+    b.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    b.add_argument("--compile", action="store_true", help="torch.compile PC's inference loop")
+    b.add_argument("--out", help="keep every run folder under DIR/<spec>/<method>-seed<k>")
+    b.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")
+    b.add_argument("--plot", metavar="FILE", help="PNG of test metric vs epoch, PC and BP")
+    b.add_argument("--images", metavar="DIR", help="reconstruction grids (PNG) of the autoencoder specs")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--json", action="store_true", help="log to stderr; the rows as one JSON line on stdout")
+    b.set_defaults(fn=cmd_bench)
     vb = sub.add_parser("verify-bp", help="compare PC's parameter gradients with backprop's")
     vb.add_argument("spec")
     vb.add_argument("--mode", choices=["exact", "approx"], default="exact",

@@ -237,7 +237,7 @@ def compile(spec: GraphSpec, max_bytes: int | None = None) -> CompiledGraph:  # 
                         "use train.eval: inference", "train.eval")
     order = list(nx.topological_sort(g)) if acyclic else list(body.nodes)
 
-    edges = [_build_edge(i, e, body.nodes, budget) for i, e in enumerate(body.edges)]
+    edges = [build_edge(e, body.nodes, f"graph.edges[{i}]", budget) for i, e in enumerate(body.edges)]
     nodes = {
         v: Node(v, tuple(n.shape), n,
                 tuple(i for i, e in enumerate(body.edges) if e.to == v),
@@ -258,8 +258,9 @@ class _Budget:
                             f"limit of {self.limit / 2**30:.2f} GiB (set PCGRAPH_MAX_BYTES to raise it)", path)
 
 
-def _build_edge(i: int, e, nodes: dict[str, NodeSpec], budget: _Budget) -> Edge:
-    path = f"graph.edges[{i}]"
+def build_edge(e, nodes: dict[str, NodeSpec], path: str, budget: _Budget | None = None) -> Edge:
+    """An :class:`Edge` module for the edge spec ``e`` between ``nodes``; SpecErrors name ``path``."""
+    budget = budget or _Budget(max_bytes_default())
     shapes = [tuple(nodes[s].shape) for s in e.source]
     if len(shapes) > 1:
         if e.combine == "concat":

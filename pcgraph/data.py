@@ -1,8 +1,10 @@
-"""Data sets as in-memory tensors: the embedded digits, MNIST and Fashion-MNIST.
+"""Data sets as in-memory tensors: the embedded digits, MNIST, Fashion-MNIST and CIFAR-10.
 
 ``digits`` is scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download): a fixed
 split of 1,437 training and 360 test images. MNIST and Fashion-MNIST are read from IDX files
-(gzipped or not) in a local folder, or downloaded by torchvision where a network is available.
+(gzipped or not) in a local folder; CIFAR-10 from a torchvision ``ImageFolder`` layout
+(``cifar10/{train,test}/<class>/*.jpg``), decoded once by a multi-worker DataLoader and cached as
+a uint8 tensor file; all three are downloaded by torchvision where a network is available.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ ENV_VAR = "PCGRAPH_DATA"
 _IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 _FOLDERS = {"mnist": ("mnist", "MNIST/raw", "MNIST"), "fashion_mnist": ("fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "FashionMNIST")}
+_IMAGE_FOLDERS = ("cifar10", "cifar10-jpeg", "CIFAR10", "")
+NAMES = ("digits", "mnist", "fashion_mnist", "cifar10")
 
 
 @dataclass
 class Dataset:
-    """Images as float tensors in [0, 1] of shape (N, *image_shape), labels as int64 (N,)."""
+    """Images as float tensors in [0, 1] of shape (N, *image_shape), labels as int64 (N,).
+    ``source`` says where the images came from (a folder, or "embedded")."""
 
     name: str
     x_train: Tensor
@@ -35,21 +40,34 @@ class Dataset:
     x_test: Tensor
     y_test: Tensor
     num_classes: int = 10
+    source: str = "embedded"
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None) -> Dataset:
-    """Load ``digits``, ``mnist`` or ``fashion_mnist``. ``root`` (or $PCGRAPH_DATA) is a folder
-    holding the IDX files, directly or in a ``mnist/``, ``fashion-mnist/`` or torchvision
-    ``MNIST/raw`` sub-folder. Raises :class:`DataError` saying how to get a missing data set."""
+    """Load ``digits``, ``mnist``, ``fashion_mnist`` or ``cifar10``. ``root`` (or $PCGRAPH_DATA) is
+    a folder holding the IDX files, directly or in a ``mnist/``, ``fashion-mnist/`` or torchvision
+    ``MNIST/raw`` sub-folder, or CIFAR-10 as ``[cifar10/]{train,test}/<class>/<image>``. Raises
+    :class:`DataError` saying how to get a missing data set."""
     if name == "digits":
         return _digits()
-    if name not in _FOLDERS:
-        raise DataError(f"unknown data set {name!r} (known: digits, mnist, fashion_mnist)")
+    if name not in NAMES:
+        raise DataError(f"unknown data set {name!r} (known: {', '.join(NAMES)})")
     root = root or os.environ.get(ENV_VAR)
-    if root is not None:
+    if root is not None and name == "cifar10":
+        folder = next((Path(root) / sub for sub in _IMAGE_FOLDERS
+                       if (Path(root) / sub / "train").is_dir() and (Path(root) / sub / "test").is_dir()), None)
+        if folder is not None:
+            from pcgraph._impl.images import read_image_folder
+
+            return Dataset(name, *read_image_folder(folder / "train"), *read_image_folder(folder / "test"),
+                           source=str(folder))
+        if any(Path(root).glob("cifar10*.tar.gz")):
+            raise DataError(f"found a CIFAR-10 archive in {root} but no unpacked folder; unpack it once: "
+                            f"tar xzf {next(Path(root).glob('cifar10*.tar.gz'))} -C DIR, then pass --data-root DIR")
+    elif root is not None:
         folder = _find_idx_folder(Path(root), name)
         if folder is not None:
-            return Dataset(name, *_read_split(folder, "train"), *_read_split(folder, "test"))
+            return Dataset(name, *_read_split(folder, "train"), *_read_split(folder, "test"), source=str(folder))
     return _torchvision(name, root)
 
 
@@ -106,14 +124,21 @@ def _read_split(folder: Path, split: str) -> tuple[Tensor, Tensor]:
 def _torchvision(name: str, root) -> Dataset:
     import torchvision
 
-    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST,
+           "cifar10": torchvision.datasets.CIFAR10}[name]
     where = Path(root) if root else Path.home() / ".cache" / "pcgraph"
     try:
         train, test = (cls(str(where), train=t, download=True) for t in (True, False))
     except Exception as err:  # noqa: BLE001 - torchvision raises many kinds on a failed download
+        what = ("an ImageFolder tree cifar10/{train,test}/<class>/<image>" if name == "cifar10"
+                else "the four IDX files (train-images-idx3-ubyte[.gz], ...)")
         raise DataError(
             f"data set {name!r} not found under {str(where)!r} and the download failed ({type(err).__name__}). "
-            f"Put the four IDX files (train-images-idx3-ubyte[.gz], ...) in a folder and pass it "
-            f"with --data-root DIR or ${ENV_VAR}=DIR."
+            f"Put {what} in a folder and pass it with --data-root DIR or ${ENV_VAR}=DIR."
         ) from None
-    return Dataset(name, train.data.float() / 255.0, train.targets.long(), test.data.float() / 255.0, test.targets.long())
+    if name == "cifar10":  # numpy (N, 32, 32, 3) uint8 -> (N, 3, 32, 32) in [0, 1]
+        x = [torch.from_numpy(d.data).permute(0, 3, 1, 2).float() / 255.0 for d in (train, test)]
+        y = [torch.tensor(d.targets, dtype=torch.int64) for d in (train, test)]
+        return Dataset(name, x[0], y[0], x[1], y[1], source=str(where))
+    return Dataset(name, train.data.float() / 255.0, train.targets.long(), test.data.float() / 255.0,
+                   test.targets.long(), source=str(where))

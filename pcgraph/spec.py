@@ -242,16 +242,29 @@ class LearningSpec(_Strict):
 # --- data and training ----------------------------------------------------------------------
 
 
+class Standardize(_Strict):
+    """x <- (x - mean_c) / std_c per channel c, on pixels in [0, 1]."""
+
+    mean: list[float] = Field(min_length=1, description="Per-channel means (one value per channel).")
+    std: list[PositiveFloat] = Field(min_length=1, description="Per-channel standard deviations.")
+
+
 class DataSpec(_Strict):
-    dataset: Literal["digits", "mnist", "fashion_mnist"] = Field(
-        description="digits: scikit-learn's embedded 8x8 digits; mnist, fashion_mnist: 28x28."
+    """The data set and which nodes it is clamped to. With a ``target`` the task is classification
+    (one-hot labels clamped to the target, metric: test accuracy); without one (``target: null``)
+    it is reconstruction of the input (metric: test mean squared error per pixel)."""
+
+    dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10"] = Field(
+        description="digits: scikit-learn's embedded 8x8 digits; mnist, fashion_mnist: 28x28; "
+        "cifar10: 3x32x32 colour images."
     )
     input: str = Field("image", description="Node the images are clamped to.")
-    target: str | None = Field("label", description="Node the one-hot labels are clamped to.")
+    target: str | None = Field("label", description="Node the one-hot labels are clamped to; null: reconstruction.")
     batch_size: PositiveInt = Field(128, description="Training batch size.")
     test_batch_size: PositiveInt = Field(1000, description="Evaluation batch size.")
-    normalize: Literal["unit", "center"] = Field(
-        "center", description="unit: pixels in [0, 1]; center: (x - 0.5) / 0.5 in [-1, 1]."
+    normalize: Literal["unit", "center"] | Standardize = Field(
+        "center", description="unit: pixels in [0, 1]; center: (x - 0.5) / 0.5 in [-1, 1]; or "
+        "{mean: [...], std: [...]} per channel."
     )
 
 
@@ -260,7 +273,24 @@ class TrainSpec(_Strict):
     seed: int = Field(0, description="Seed for parameters and shuffling (CPU runs repeat bit for bit).")
     eval: Literal["feedforward", "inference"] = Field(
         "feedforward",
-        description="Test prediction: a feedforward pass, or inference with only the input clamped.",
+        description="Test prediction: a feedforward pass, or inference with only the input clamped "
+        "(reconstruction always infers the latents).",
+    )
+
+
+class BaselineSpec(_Strict):
+    """The backprop model PC is compared with (``pcgraph bench``, ``train(method="bp")``).
+
+    Without an encoder it is the same graph trained by backprop: the feedforward pass, loss = the
+    clamped outputs' energies. With one (for generative graphs, whose top latent PC infers) it is
+    an autoencoder: ``encoder`` maps the data node to the latent, the graph's edges decode it.
+    """
+
+    encoder: EdgeSpec | None = Field(
+        None, description="Encoder edge from the data input node to a root latent node (autoencoders)."
+    )
+    optimizer: WeightOptimizerSpec | None = Field(
+        None, description="Weight optimizer for backprop; default: learning.optimizer."
     )
 
 
@@ -273,6 +303,7 @@ class GraphSpec(_Strict):
     inference: InferenceSpec = Field(default_factory=InferenceSpec)
     learning: LearningSpec = Field(default_factory=LearningSpec)
     data: DataSpec | None = Field(None, description="Data set; needed by `pcgraph train`.")
+    bp: BaselineSpec = Field(default_factory=BaselineSpec, description="The backprop baseline.")
     train: TrainSpec = Field(default_factory=TrainSpec)
 
     def to_yaml(self) -> str:

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pcgraph.compile import CompiledGraph, compile
@@ -21,39 +20,68 @@ from pcgraph.data import Dataset, load_dataset
 from pcgraph.errors import DivergenceError, Interrupted, SpecError, UsageError
 from pcgraph.optim import weight_optimizer
 from pcgraph.solve import Solver
-from pcgraph.spec import DataSpec, GraphSpec, LearningSpec, spec_from_yaml
+from pcgraph.spec import DataSpec, GraphSpec, LearningSpec, Standardize, spec_from_yaml
 from pcgraph.tasks import checkpoint
+from pcgraph.tasks.objective import Backprop, Objective
 
 
 @dataclass
 class TrainResult:
-    """Final figures of a training run; ``history`` holds one dict per epoch."""
+    """Final figures of a training run; ``history`` holds one dict per epoch. ``metric`` is
+    ``accuracy`` (classification; higher is better) or ``mse`` (reconstruction; lower is better),
+    ``best_test_metric`` the best over the epochs."""
 
     name: str
     epochs: int
-    test_accuracy: float
-    best_test_accuracy: float
-    train_accuracy: float
+    metric: str
+    test_metric: float
+    best_test_metric: float
+    train_accuracy: float | None
     energy: float
     epoch_seconds: list[float]
     params: int
     states_per_sample: int
     history: list[dict] = field(default_factory=list)
 
+    @property
+    def test_accuracy(self) -> float:
+        return self._only("accuracy", self.test_metric)
+
+    @property
+    def best_test_accuracy(self) -> float:
+        return self._only("accuracy", self.best_test_metric)
+
+    def _only(self, metric: str, value: float) -> float:
+        if self.metric != metric:
+            raise AttributeError(f"this run's metric is test {self.metric}, not test {metric}")
+        return value
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        """One JSON object: every field, plus ``test_<metric>`` and ``best_test_<metric>``."""
+        return json.dumps({**asdict(self), f"test_{self.metric}": self.test_metric,
+                           f"best_test_{self.metric}": self.best_test_metric})
 
 
 def prepare(data: Dataset, spec: DataSpec, graph: CompiledGraph, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Normalise the images and shape them to the input node: (N, *input_shape) on ``device``."""
     shape = graph.nodes[spec.input].shape
+    norm = spec.normalize
+    if isinstance(norm, Standardize):
+        channels = data.x_train.shape[1] if data.x_train.dim() == 4 else 1
+        if len(norm.mean) != channels or len(norm.std) != channels:
+            raise SpecError(f"expected {channels} per-channel values for {data.name}, got {len(norm.mean)} "
+                            f"means and {len(norm.std)} stds", "data.normalize")
     out = []
     for x in (data.x_train, data.x_test):
         if x[0].numel() != math.prod(shape):
             raise SpecError(f"node {spec.input!r} has shape {list(shape)} ({math.prod(shape)} values) but "
                             f"{data.name} images have {list(x.shape[1:])}", "data.input")
+        if isinstance(norm, Standardize):  # (N, C, pixels) per channel
+            c = len(norm.mean)
+            x = x.reshape(len(x), c, -1)
+            x = (x - torch.tensor(norm.mean).reshape(1, c, 1)) / torch.tensor(norm.std).reshape(1, c, 1)
         x = x.reshape(len(x), *shape)
-        out.append((x - 0.5) / 0.5 if spec.normalize == "center" else x)
+        out.append((x - 0.5) / 0.5 if norm == "center" else x)
     if spec.target is not None and graph.nodes[spec.target].shape != (data.num_classes,):
         raise SpecError(f"node {spec.target!r} must have shape [{data.num_classes}] for one-hot "
                         f"labels, got {list(graph.nodes[spec.target].shape)}", "data.target")
@@ -92,31 +120,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 
-@torch.no_grad()
 def evaluate(graph: CompiledGraph, spec: GraphSpec, solver: Solver, x: Tensor, y: Tensor) -> float:
-    """Test accuracy: the target node's argmax after a feedforward pass or after inference with
-    only the input clamped (``train.eval``)."""
-    d = spec.data
-    correct = 0
-    for i in range(0, len(x), d.test_batch_size):
-        batch = {d.input: x[i: i + d.test_batch_size]}
-        if spec.train.eval == "inference":
-            with torch.enable_grad():
-                states = solver.relax(graph, batch).states
-        else:
-            states = graph(batch)
-        correct += int((states[d.target].argmax(1) == y[i: i + d.test_batch_size]).sum())
-    return correct / len(x)
-
-
-def bp_step(graph: CompiledGraph, batch: dict[str, Tensor], optimizer: torch.optim.Optimizer) -> Tensor:
-    """One backprop update on the same graph: the clamped outputs' energies at the feedforward
-    pass, batch-averaged (:meth:`CompiledGraph.bp_loss`), differentiated by autograd."""
-    optimizer.zero_grad(set_to_none=True)
-    loss = graph.bp_loss(batch)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+    """The spec's test metric on (x, y): accuracy (the target's argmax after a feedforward pass or
+    after inference with only the input clamped, ``train.eval``), or reconstruction MSE per pixel
+    (see :class:`pcgraph.tasks.objective.Objective`)."""
+    return Objective(spec, graph).evaluate(graph, solver, x, y)
 
 
 def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root: str | None = None,
@@ -125,10 +133,11 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
           on_divergence: str = "stop") -> TrainResult:
     """Train ``spec`` on its data set and return the final figures.
 
-    ``method="pc"`` trains with predictive coding; ``"bp"`` trains the same graph by backprop
-    (:func:`bp_step`), the baseline for benchmarks. Per epoch it logs the mean energy per sample
-    (PC: at the relaxed states; BP: the loss), train accuracy (feedforward predictions made before
-    each update), test accuracy and seconds.
+    ``method="pc"`` trains with predictive coding; ``"bp"`` trains the spec's backprop baseline
+    (:class:`pcgraph.tasks.objective.Backprop`: the same graph, or encoder + decoder for a
+    reconstruction spec with ``bp.encoder``). Per epoch it logs the mean energy per sample (PC: at
+    the relaxed states; BP: the loss), for classifiers the train accuracy (feedforward predictions
+    made before each update), the test metric (accuracy or MSE per pixel) and seconds.
 
     With ``out`` it writes ``spec.yaml``, ``metrics.jsonl``, ``metrics.csv`` and, after every epoch,
     ``checkpoint.pt`` (see :mod:`pcgraph.tasks.checkpoint`), and the final ``model.pt`` (a state
@@ -148,25 +157,31 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
         out = resume if out is None else out
     if spec is None:
         raise UsageError("give a spec to train, or a run folder to resume")
-    if spec.data is None or spec.data.target is None:
-        raise SpecError("training a classifier needs a data section with an input and a target node", "data")
+    if spec.data is None:
+        raise SpecError("training needs a data section naming the input node", "data")
     dev = resolve_device(device)
     if epochs is not None and epochs < 1:
         raise UsageError(f"the number of epochs must be at least 1, got {epochs}")
     torch.manual_seed(spec.train.seed)
     graph = compile(spec).to(dev)
-    target = graph.nodes[spec.data.target]
-    if spec.train.eval == "feedforward" and not target.incoming:
-        raise SpecError(f"the target {spec.data.target!r} has no incoming edges, so a feedforward pass cannot "
-                        "predict it; use train.eval: inference", "train.eval")
-    # train accuracy scores feedforward predictions; forward init makes them for a leaf target for free
-    forward_init = spec.inference.init == "forward" or spec.learning.variant == "exact"
-    extra_pass = graph.acyclic and not (forward_init and not target.outgoing)
-    solver = Solver.from_spec(spec)
-    optimizer = weight_optimizer(spec.learning.optimizer, graph.parameters())
+    task = Objective(spec, graph)
     d = spec.data
+    extra_pass = False
+    if task.classify:
+        target = graph.nodes[d.target]
+        if spec.train.eval == "feedforward" and not target.incoming:
+            raise SpecError(f"the target {d.target!r} has no incoming edges, so a feedforward pass cannot "
+                            "predict it; use train.eval: inference", "train.eval")
+        # train accuracy scores feedforward predictions; forward init makes them for a leaf target for free
+        forward_init = spec.inference.init == "forward" or spec.learning.variant == "exact"
+        extra_pass = graph.acyclic and not (forward_init and not target.outgoing)
+    solver = Solver.from_spec(spec)
+    baseline = Backprop(spec, graph).to(dev) if method == "bp" else None
+    model = baseline or graph  # what is trained and saved
+    optimizer = weight_optimizer(spec.learning.optimizer if baseline is None else
+                                 spec.bp.optimizer or spec.learning.optimizer, model.parameters())
     x_train, y_train, x_test, y_test = prepare(load_dataset(d.dataset, data_root), d, graph, dev)
-    classes = graph.nodes[d.target].shape[0]
+    classes = graph.nodes[d.target].shape[0] if task.classify else 0
     gen = torch.Generator().manual_seed(spec.train.seed)
     n_epochs = (saved["epochs"] if saved else spec.train.epochs) if epochs is None else epochs
     per_epoch = -(-len(x_train) // d.batch_size)
@@ -174,7 +189,7 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
     history: list[dict] = []
     first_epoch, position, partial, perm = 1, 0, None, None
     if saved:
-        checkpoint.load_parameters(graph, saved)
+        checkpoint.load_parameters(model, saved)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng_torch"])
@@ -183,17 +198,19 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
         first_epoch, position, partial = saved["epoch"] + 1, saved["position"], saved["partial"]
         perm = saved["perm"].to(dev) if saved["perm"] is not None else None
     out = Path(out) if out is not None else None
+    columns = ("epoch", "energy", *(("train_accuracy",) if task.classify else ()), f"test_{task.metric}",
+               "seconds", "skipped_batches")
     if out is not None and saved is None:
         try:
             out.mkdir(parents=True, exist_ok=True)
             (out / "spec.yaml").write_text(spec.to_yaml())
             (out / "metrics.jsonl").write_text("")
-            (out / "metrics.csv").write_text(",".join(_COLUMNS) + "\n")
+            (out / "metrics.csv").write_text(",".join(columns) + "\n")
         except OSError as err:
             raise UsageError(f"cannot write the run folder {str(out)!r}: {err.strerror or err}") from None
 
     def snapshot(epoch_done: int, position: int, perm, partial) -> dict:
-        return {"spec": spec.to_yaml(), "model": graph.state_dict(), "optimizer": optimizer.state_dict(),
+        return {"spec": spec.to_yaml(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng_torch": torch.get_rng_state(),
                 "rng_shuffle": gen.get_state(), "epoch": epoch_done, "epochs": n_epochs, "position": position,
                 "perm": None if perm is None else perm.cpu(), "partial": partial, "history": history}
@@ -209,7 +226,7 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
             seen, skipped = partial["seen"], partial["skipped"]
             for i in _progress(range(position, len(perm), d.batch_size), f"epoch {epoch}/{n_epochs}", progress):
                 idx = perm[i: i + d.batch_size]
-                batch = {d.input: x_train[idx], d.target: F.one_hot(y_train[idx], classes).to(x_train.dtype)}
+                batch = task.batch(x_train[idx], y_train[idx], classes)
                 try:
                     if method == "pc":
                         predicted = None
@@ -220,9 +237,11 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
                         energy += r.energy[-1]
                         predicted = r.predicted.get(d.target, predicted)
                     else:
-                        with torch.no_grad():
-                            predicted = graph({d.input: batch[d.input]})[d.target]
-                        energy += bp_step(graph, batch, optimizer) * len(idx)
+                        predicted = None
+                        if task.classify:
+                            with torch.no_grad():
+                                predicted = graph({d.input: batch[d.input]})[d.target]
+                        energy += baseline.step(batch, optimizer) * len(idx)
                     scheduler.step()
                     seen += len(idx)
                     if predicted is not None:
@@ -240,28 +259,29 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
             position = 0
             _check_parameters(graph, epoch)
             seconds = time.perf_counter() - start
-            test_acc = evaluate(graph, spec, solver, x_test, y_test)
-            row = {"epoch": epoch, "energy": float(energy) / max(seen, 1),
-                   "train_accuracy": float(correct) / max(seen, 1), "test_accuracy": test_acc,
-                   "seconds": seconds, "skipped_batches": skipped}
+            test = task.evaluate(graph, solver, x_test, y_test, baseline)
+            row = {"epoch": epoch, "energy": float(energy) / max(seen, 1)}
+            if task.classify:
+                row["train_accuracy"] = float(correct) / max(seen, 1)
+            row |= {f"test_{task.metric}": test, "seconds": seconds, "skipped_batches": skipped}
             history.append(row)
-            log(f"epoch {epoch:3d}  energy {row['energy']:.4f}  train acc {100 * row['train_accuracy']:6.2f}%  "
-                f"test acc {100 * test_acc:6.2f}%  {seconds:6.2f} s" + (f"  ({skipped} batches skipped)" if skipped else ""))
+            shown = (f"train acc {100 * row['train_accuracy']:6.2f}%  test acc {100 * test:6.2f}%" if task.classify
+                     else f"test mse {test:.4e}")
+            log(f"epoch {epoch:3d}  energy {row['energy']:.4f}  {shown}  {seconds:6.2f} s"
+                + (f"  ({skipped} batches skipped)" if skipped else ""))
             if out is not None:
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
                 with open(out / "metrics.csv", "a") as f:
-                    f.write(",".join(str(row[c]) for c in _COLUMNS) + "\n")
+                    f.write(",".join(str(row[c]) for c in columns) + "\n")
                 checkpoint.save(out, snapshot(epoch, 0, None, None))
     if out is not None:
-        torch.save(graph.state_dict(), out / "model.pt")
-    last = history[-1]
-    return TrainResult(spec.name, n_epochs, last["test_accuracy"], max(h["test_accuracy"] for h in history),
-                       last["train_accuracy"], last["energy"], [h["seconds"] for h in history],
-                       graph.num_params(), graph.states_per_sample(), history)
-
-
-_COLUMNS = ("epoch", "energy", "train_accuracy", "test_accuracy", "seconds", "skipped_batches")
+        torch.save(model.state_dict(), out / "model.pt")
+    last, key = history[-1], f"test_{task.metric}"
+    best = (max if task.higher_is_better else min)(h[key] for h in history)
+    return TrainResult(spec.name, n_epochs, task.metric, last[key], best, last.get("train_accuracy"),
+                       last["energy"], [h["seconds"] for h in history], sum(p.numel() for p in model.parameters()),
+                       graph.states_per_sample() if baseline is None else 0, history)
 
 
 def _check_parameters(graph: CompiledGraph, epoch: int) -> None:

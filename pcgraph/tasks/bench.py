@@ -1,0 +1,220 @@
+"""Table 1 of the notes: PC against its backprop baseline, spec by spec, over several seeds.
+
+For each spec and method (PC, and the spec's :class:`~pcgraph.tasks.objective.Backprop`
+baseline) :func:`bench` trains with seeds ``train.seed + k``, ``k < seeds``, and reports the test
+metric as mean +- std over seeds (best test accuracy over the epochs for classifiers, lowest test
+MSE per pixel for reconstruction), seconds per training epoch (the median over all epochs and
+seeds, so a one-time ``torch.compile`` in the first epoch does not count), parameters, inferred
+states per sample, and FLOPs per parameter update counted by ``torch.utils.flop_counter`` on one
+update (PC: the T inference steps included).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from pcgraph.compile import compile
+from pcgraph.optim import weight_optimizer
+from pcgraph.solve import Solver
+from pcgraph.spec import GraphSpec
+from pcgraph.tasks.objective import Backprop, Objective
+from pcgraph.tasks.train import train
+
+
+@dataclass
+class BenchRow:
+    """One line of the table: a spec trained by one method over several seeds."""
+
+    spec: str
+    method: str  # "PC" or "BP"
+    metric: str  # "accuracy" or "mse"
+    values: list[float]  # the metric of each seed (best over epochs)
+    epoch_seconds: float
+    params: int
+    states_per_sample: int
+    flops_per_update: int
+    curves: list[list[float]] = field(default_factory=list)  # test metric per epoch, per seed
+    time_ratio: float | None = None  # PC seconds / BP seconds (on PC rows)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mean": self.mean, "std": self.std}
+
+
+def flops_per_update(spec: GraphSpec, method: str) -> int:
+    """FLOPs of one parameter update on a random batch of the spec's batch size (eager)."""
+    torch.manual_seed(0)
+    graph = compile(spec)
+    d = spec.data
+    b = d.batch_size
+    x = torch.rand(b, *graph.nodes[d.input].shape)
+    task = Objective(spec, graph)
+    classes = graph.nodes[d.target].shape[0] if task.classify else 0
+    batch = task.batch(x, torch.randint(0, max(classes, 1), (b,)), classes)
+    with FlopCounterMode(display=False) as counter:
+        if method == "pc":
+            opt = weight_optimizer(spec.learning.optimizer, graph.parameters())
+            Solver.from_spec(spec, compile=False).step(graph, batch, opt)
+        else:
+            model = Backprop(spec, graph)
+            model.step(batch, weight_optimizer(spec.bp.optimizer or spec.learning.optimizer, model.parameters()))
+    return counter.get_total_flops()
+
+
+def bench(specs: list[GraphSpec], seeds: int = 3, epochs: int | None = None, data_root: str | None = None,
+          device: str = "cpu", out: str | Path | None = None, methods: tuple[str, ...] = ("pc", "bp"),
+          log: Callable[[str], None] = print, progress: bool = False) -> list[BenchRow]:
+    """Train every spec with every method and seed; one :class:`BenchRow` per (spec, method).
+    Run folders (checkpoints, metrics) go to ``out/<spec name>/<method>-seed<k>`` (default: a
+    temporary folder, removed at the end)."""
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(out) if out is not None else Path(tmp)
+        for spec in specs:
+            by_method = {}
+            for method in methods:
+                values, seconds, curves, result = [], [], [], None
+                for k in range(seeds):
+                    seeded = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": spec.train.seed + k})})
+                    log(f"{spec.name}: {method.upper()} seed {seeded.train.seed}")
+                    result = train(seeded, epochs=epochs, data_root=data_root, device=device, method=method,
+                                   out=root / spec.name / f"{method}-seed{seeded.train.seed}", progress=progress, log=log)
+                    values.append(result.best_test_metric)
+                    seconds += result.epoch_seconds
+                    curves.append([h[f"test_{result.metric}"] for h in result.history])
+                row = BenchRow(spec.name, method.upper(), result.metric, values, statistics.median(seconds),
+                               result.params, result.states_per_sample, flops_per_update(spec, method), curves)
+                by_method[method] = row
+                rows.append(row)
+            if "pc" in by_method and "bp" in by_method:
+                by_method["pc"].time_ratio = by_method["pc"].epoch_seconds / by_method["bp"].epoch_seconds
+    return rows
+
+
+def _metric(row: BenchRow) -> str:
+    if row.metric == "accuracy":
+        return f"{100 * row.mean:.2f}% ± {100 * row.std:.2f}"
+    return f"({row.mean * 1e3:.2f} ± {row.std * 1e3:.2f})e-3"
+
+
+def table(rows: list[BenchRow]) -> list[tuple[str, ...]]:
+    """The rows as strings, in Table 1's columns."""
+    return [(r.spec, r.method, ("acc " if r.metric == "accuracy" else "MSE ") + _metric(r), str(len(r.values)),
+             f"{r.epoch_seconds:.2f}", f"{r.params:,}", f"{r.states_per_sample:,}" if r.method == "PC" else "-",
+             _flops(r.flops_per_update), "-" if r.time_ratio is None else f"{r.time_ratio:.2f}") for r in rows]
+
+
+HEADER = ("spec", "method", "test metric (mean ± std)", "seeds", "s/epoch", "params", "states/sample",
+          "FLOPs/update", "PC/BP time")
+
+
+def to_markdown(rows: list[BenchRow]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + " --- |" * len(HEADER)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(rows: list[BenchRow]) -> str:
+    return json.dumps([r.to_dict() for r in rows])
+
+
+def _flops(n: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def plot(rows: list[BenchRow], path: str | Path) -> None:
+    """Test metric against epoch (mean over seeds), PC and BP, one panel per spec."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r.spec for r in rows))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for r in (r for r in rows if r.spec == name):
+            curve = torch.tensor(r.curves, dtype=torch.float64).mean(0)
+            scale = 100 if r.metric == "accuracy" else 1
+            ax.plot(range(1, len(curve) + 1), scale * curve, marker="o", ms=3, label=r.method)
+            ax.set_ylabel("test accuracy (%)" if r.metric == "accuracy" else "test MSE per pixel")
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def reconstruction_grid(spec: GraphSpec, run_root: str | Path, path: str | Path, data_root: str | None = None,
+                        count: int = 10) -> None:
+    """A PNG: ``count`` test images (top row), PC's reconstruction from the inferred code
+    (middle), the backprop autoencoder's (bottom), from the seed-``train.seed`` runs under
+    ``run_root/<spec name>/`` as written by :func:`bench`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pcgraph.data import load_dataset
+    from pcgraph.tasks.train import prepare
+
+    graph = compile(spec)
+    task = Objective(spec, graph)
+    _, _, x, y = prepare(load_dataset(spec.data.dataset, data_root), spec.data, graph, "cpu")
+    x = x[:count]
+    rows = [x]
+    folder = Path(run_root) / spec.name
+    for method in ("pc", "bp"):
+        run = folder / f"{method}-seed{spec.train.seed}" / "model.pt"
+        if not run.is_file():
+            continue
+        model = compile(spec) if method == "pc" else Backprop(spec, compile(spec))
+        model.load_state_dict(torch.load(run, map_location="cpu", weights_only=True))
+        if method == "pc":
+            with torch.enable_grad():
+                states = Solver.from_spec(spec, compile=False).relax(model, {spec.data.input: x}).states
+            rows.append(task.decode(model, states))
+        else:
+            rows.append(model.predict(x))
+    labels = ["test image", "PC (inferred code)", "BP autoencoder"][: len(rows)]
+    fig, axes = plt.subplots(len(rows), count, figsize=(1.1 * count, 1.2 * len(rows)), squeeze=False)
+    for i, (imgs, label) in enumerate(zip(rows, labels)):
+        for j in range(count):
+            img = _as_image(imgs[j])
+            ax = axes[i][j]
+            ax.imshow(img.permute(1, 2, 0).numpy() if img.shape[0] == 3 else img[0].numpy(), cmap="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i][0].set_ylabel(label, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _as_image(t: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) in [0, 1] from a per-sample tensor: flat square images are reshaped."""
+    if t.dim() == 1:
+        side = int(round(t.numel() ** 0.5))
+        t = t.reshape(1, side, side)
+    elif t.dim() == 2:
+        t = t[None]
+    return t.clamp(0, 1)

@@ -1,0 +1,120 @@
+"""What a run learns and how it is scored: classification or reconstruction, and the backprop
+baseline of a spec.
+
+* Classification (``data.target`` set): images clamped to ``data.input``, one-hot labels to the
+  target; the score is test accuracy, from a feedforward pass or from inference (``train.eval``).
+* Reconstruction (``data.target: null``): the graph is a generative model whose leaves include
+  ``data.input``; training clamps the pixels and infers every latent. At test time the latents are
+  inferred the same way and the image is decoded from the *root* latents alone by a feedforward
+  pass, so the score, MSE = mean_{samples, pixels} (x - x_hat)^2, measures the code's quality as an
+  autoencoder's does (and not the intermediate states' freedom to fit the pixels).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pcgraph.compile import CompiledGraph, States, build_edge
+from pcgraph.errors import SpecError
+from pcgraph.spec import GraphSpec
+
+
+class Objective:
+    """Classification or reconstruction of ``spec.data``; see the module docstring."""
+
+    def __init__(self, spec: GraphSpec, graph: CompiledGraph):
+        d = spec.data
+        if d is None:
+            raise SpecError("training needs a data section naming the input node", "data")
+        self.spec, self.input, self.target = spec, d.input, d.target
+        self.classify = d.target is not None
+        self.metric = "accuracy" if self.classify else "mse"
+        self.higher_is_better = self.classify
+        if self.classify:
+            return
+        if not graph.acyclic:
+            raise SpecError("reconstruction decodes by a feedforward pass and needs an acyclic graph", "graph.edges")
+        if not graph.nodes[d.input].incoming:
+            raise SpecError(f"reconstruction needs the input {d.input!r} to be predicted by the graph "
+                            "(a generative model with the pixels at a leaf)", "data.input")
+        self.roots = [v for v in graph.order if not graph.nodes[v].incoming and v != d.input]
+
+    def batch(self, x: Tensor, y: Tensor, classes: int) -> States:
+        """The clamped nodes of one training batch."""
+        if not self.classify:
+            return {self.input: x}
+        return {self.input: x, self.target: F.one_hot(y, classes).to(x.dtype)}
+
+    @torch.no_grad()
+    def evaluate(self, graph: CompiledGraph, solver, x: Tensor, y: Tensor, baseline: Backprop | None = None) -> float:
+        """Test accuracy or test MSE per pixel, over ``x`` in batches of ``data.test_batch_size``
+        (``baseline``: score the backprop model instead of PC)."""
+        size, total = self.spec.data.test_batch_size, 0.0
+        for i in range(0, len(x), size):
+            xb, yb = x[i: i + size], y[i: i + size]
+            if baseline is not None:
+                out = baseline.predict(xb)
+            elif self.classify and self.spec.train.eval == "feedforward":
+                out = graph({self.input: xb})[self.target]
+            else:
+                with torch.enable_grad():
+                    states = solver.relax(graph, {self.input: xb}).states
+                out = states[self.target] if self.classify else self.decode(graph, states)
+            if self.classify:
+                total += float((out.argmax(1) == yb).sum())
+            else:
+                total += float(((out - xb) ** 2).sum()) / xb[0].numel()
+        return total / len(x)
+
+    def decode(self, graph: CompiledGraph, states: States) -> Tensor:
+        """The input node's value after a feedforward pass from the root latents alone."""
+        return graph({v: states[v] for v in self.roots})[self.input]
+
+
+class Backprop(nn.Module):
+    """The backprop baseline of a spec (its ``bp`` section).
+
+    Without an encoder: the same graph, loss = the clamped outputs' energies at the feedforward
+    pass (:meth:`CompiledGraph.bp_loss`). With ``bp.encoder``: an autoencoder, z = encoder(x), loss
+    = the input node's energy 1/2 ||x - decoder(z)||^2 under the graph's edges, batch-averaged.
+    """
+
+    def __init__(self, spec: GraphSpec, graph: CompiledGraph):
+        super().__init__()
+        self.graph = graph
+        self.encoder = None
+        enc = spec.bp.encoder
+        if enc is None:
+            return
+        d = spec.data
+        if d is None or d.target is not None:
+            raise SpecError("an encoder is for reconstruction specs (data.target: null)", "bp.encoder")
+        if enc.source != [d.input]:
+            raise SpecError(f"the encoder must read the data input {d.input!r}, got {enc.source}", "bp.encoder.from")
+        roots = [v for v in graph.order if not graph.nodes[v].incoming and v != d.input]
+        if roots != [enc.to]:
+            raise SpecError(f"the encoder must predict the graph's root latent {roots}, got {enc.to!r}",
+                            "bp.encoder.to")
+        self.encoder = build_edge(enc, spec.graph.nodes, "bp.encoder")
+
+    def loss(self, batch: States) -> Tensor:
+        if self.encoder is None:
+            return self.graph.bp_loss(batch)
+        return self.graph.bp_loss({**batch, self.encoder.target: self.encoder(batch)})
+
+    def predict(self, x: Tensor) -> Tensor:
+        """The classifier's output node, or the autoencoder's reconstruction of ``x``."""
+        d = self.graph.spec.data
+        if self.encoder is None:
+            return self.graph({d.input: x})[d.target]
+        return self.graph({self.encoder.target: self.encoder({d.input: x})})[d.input]
+
+    def step(self, batch: States, optimizer: torch.optim.Optimizer) -> Tensor:
+        """One update by autograd; returns the loss before it."""
+        optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(batch)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()

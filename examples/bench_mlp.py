@@ -17,27 +17,10 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 import pcgraph
-from pcgraph.optim import weight_optimizer
-from pcgraph.tasks.train import bp_step, train
-
-
-def flops_per_update(spec, method: str) -> int:
-    """FLOPs of one update on a random batch of the spec's batch size (eager, as counted by torch)."""
-    torch.manual_seed(0)
-    graph = pcgraph.compile(spec)
-    d = spec.data
-    b = d.batch_size
-    batch = {d.input: torch.randn(b, *graph.nodes[d.input].shape),
-             d.target: F.one_hot(torch.randint(0, 10, (b,)), 10).float()}
-    opt = weight_optimizer(spec.learning.optimizer, graph.parameters())
-    solver = pcgraph.Solver.from_spec(spec, compile=False)
-    with FlopCounterMode(display=False) as counter:
-        solver.step(graph, batch, opt) if method == "pc" else bp_step(graph, batch, opt)
-    return counter.get_total_flops()
+from pcgraph.tasks.bench import flops_per_update
+from pcgraph.tasks.train import train
 
 
 def matmul_gflops(shapes: list[tuple[int, int, int]], repeat: int = 200) -> float:

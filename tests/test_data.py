@@ -74,3 +74,43 @@ def test_truncated_gzip_is_a_data_error(tmp_path):
     (tmp_path / "t.gz").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(DataError, match="cannot read"):
         read_idx(tmp_path / "t.gz")
+
+
+def fake_image_folder(root, n=(3, 2)):
+    """root/cifar10/{train,test}/{bird,cat}/k.png: lossless PNGs with known pixels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for split, count in zip(("train", "test"), n):
+        images, labels = [], []
+        for label, cls in enumerate(("bird", "cat")):  # sorted class names -> labels 0, 1
+            folder = root / "cifar10" / split / cls
+            folder.mkdir(parents=True)
+            for k in range(count):
+                pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{k:04d}.png")
+                images.append(pixels)
+                labels.append(label)
+        arrays[split] = (np.stack(images), np.array(labels))
+    return arrays
+
+
+def test_image_folder_is_read_exactly_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("PCGRAPH_CACHE", str(tmp_path / "cache"))
+    arrays = fake_image_folder(tmp_path / "data")
+    for attempt in range(2):  # the second read comes from the cache
+        d = load_dataset("cifar10", tmp_path / "data")
+        for x, y, split in ((d.x_train, d.y_train, "train"), (d.x_test, d.y_test, "test")):
+            images, labels = arrays[split]
+            assert x.shape == (len(images), 3, 32, 32) and x.dtype == torch.float32
+            assert torch.equal((x * 255).round().to(torch.uint8), torch.from_numpy(images).permute(0, 3, 1, 2))
+            assert torch.equal(y, torch.from_numpy(labels))
+        assert len(list((tmp_path / "cache").glob("imagefolder-*.pt"))) == 2
+    assert d.source.endswith("cifar10")
+
+
+def test_cifar_archive_without_folder_says_how_to_unpack(tmp_path):
+    (tmp_path / "cifar10-jpeg.tar.gz").write_bytes(b"")
+    with pytest.raises(DataError, match="tar xzf"):
+        load_dataset("cifar10", tmp_path)

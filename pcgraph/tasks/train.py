@@ -177,7 +177,7 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
         extra_pass = graph.acyclic and not (forward_init and not target.outgoing)
     solver = Solver.from_spec(spec)
     baseline = Backprop(spec, graph).to(dev) if method == "bp" else None
-    model = baseline or graph  # what is trained and saved
+    model = baseline if baseline is not None and baseline.encoder is not None else graph  # trained, saved
     optimizer = weight_optimizer(spec.learning.optimizer if baseline is None else
                                  spec.bp.optimizer or spec.learning.optimizer, model.parameters())
     x_train, y_train, x_test, y_test = prepare(load_dataset(d.dataset, data_root), d, graph, dev)

@@ -18,7 +18,12 @@ ARGS = {
     "linear": [{"features": 5}, {"bias": False}, {"init": "zeros"},
                {"features": 3, "bias": False, "init": "xavier_normal"}],
     "unflatten": [{"shape": [2, 3]}],
+    "conv2d": [{"out_channels": 4}, {"kernel_size": 5, "stride": 2, "padding": 1}, {"in_channels": 3, "init": "xavier_uniform"}],
+    "conv_transpose2d": [{"stride": 2, "output_padding": 1}, {"bias": False}],
+    "max_pool2d": [{"kernel_size": 3, "stride": 1}, {"padding": 1}],
+    "avg_pool2d": [{"kernel_size": 4}],
 }
+WEIGHTED = {"linear", "conv2d", "conv_transpose2d"}
 
 
 def _required(kind: str) -> bool:
@@ -27,7 +32,7 @@ def _required(kind: str) -> bool:
 
 def test_builtin_ops_registered():
     assert {"identity", "relu", "tanh", "sigmoid", "gelu", "leaky_relu", "linear", "flatten",
-            "unflatten"} <= set(OPS)
+            "unflatten", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d"} <= set(OPS)
     for kind, cls in OPS.items():
         assert issubclass(cls, Op)
         assert cls.kind == kind
@@ -92,10 +97,9 @@ def test_ops_are_frozen():
 
 
 def test_has_params():
-    assert parse_op("linear").has_params
     for kind in BUILTIN:
-        if kind != "linear" and not _required(kind):
-            assert not parse_op(kind).has_params, kind
+        if not _required(kind):
+            assert parse_op(kind).has_params == (kind in WEIGHTED), kind
 
 
 @pytest.mark.parametrize(("kind", "fn"), [

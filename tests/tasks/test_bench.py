@@ -1,0 +1,101 @@
+"""``pcgraph bench``: FLOP counts against hand counts, and well-formed rows from tiny runs."""
+
+import json
+
+import pytest
+
+import pcgraph
+from pcgraph.cli import main
+from pcgraph.tasks import bench
+
+AE = """
+name: ae
+graph:
+  nodes:
+    z: {shape: [4]}
+    h: {shape: [16]}
+    x: {shape: [64], role: observed}
+  edges:
+    - {from: z, to: h, fn: [linear, tanh]}
+    - {from: h, to: x, fn: [linear, relu]}
+inference: {steps: 5, optimizer: {kind: sgd, lr: 0.1}}
+learning: {optimizer: {kind: adam, lr: 0.003}}
+bp:
+  encoder: {from: x, to: z, fn: [{kind: linear, features: 16}, tanh, linear]}
+data: {dataset: digits, input: x, target: null, batch_size: 64, normalize: unit}
+train: {eval: inference}
+"""
+
+
+def test_flops_per_update_match_hand_counts():
+    spec = pcgraph.load_spec("specs/digits_mlp.yaml")
+    pc, bp = bench.flops_per_update(spec, "pc"), bench.flops_per_update(spec, "bp")
+    # BP: forward + backward of a 64-64-64-10 net at batch 32 is 3 x 2 x 32 x 8,832 MACs, minus the
+    # input gradient of the first layer (2 x 32 x 64 x 64): 3,129,344 FLOPs from matmuls
+    assert bp == 3 * 2 * 32 * (64 * 64 + 64 * 64 + 64 * 10) - 2 * 32 * 64 * 64
+    # PC with T = 8 and forward init. image -> h1 is constant (its source is clamped). After the
+    # init pass only the label has an error, and it reaches one layer deeper per step:
+    # step 0: the label's VJP into h2; step 1: h2 moved, so the h2 -> label prediction and both
+    # VJPs; steps 2-7: both non-constant predictions and both VJPs; after relaxing: those two
+    # predictions once more, then every layer's weight gradient, nothing else.
+    def mm(*sizes):
+        return sum(2 * 32 * n for n in sizes)
+
+    l1, l2, l3 = 64 * 64, 64 * 64, 64 * 10
+    expected = (mm(l1, l2, l3) + mm(l3) + mm(l2, l3, l3) + 6 * mm(l2, l3, l2, l3)
+                + mm(l2, l3) + mm(l1, l2, l3))
+    assert pc == expected
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    specs = [pcgraph.load_spec("specs/digits_mlp.yaml"), pcgraph.spec_from_yaml(AE)]
+    out = tmp_path_factory.mktemp("runs")
+    return bench.bench(specs, seeds=2, epochs=2, out=out, log=lambda s: None), out
+
+
+def test_rows_are_well_formed(rows):
+    rows, out = rows
+    assert [(r.spec, r.method, r.metric) for r in rows] == [
+        ("digits-mlp", "PC", "accuracy"), ("digits-mlp", "BP", "accuracy"), ("ae", "PC", "mse"), ("ae", "BP", "mse")]
+    for r in rows:
+        assert len(r.values) == 2 and len(r.curves) == 2 and all(len(c) == 2 for c in r.curves)
+        assert all(v == (max(c) if r.metric == "accuracy" else min(c)) for v, c in zip(r.values, r.curves))
+        assert r.epoch_seconds > 0 and r.flops_per_update > 0 and r.std >= 0
+        assert (r.time_ratio is not None) == (r.method == "PC")
+    assert rows[0].mean > 0.5  # digits after 2 epochs, chance 0.1
+    assert rows[2].states_per_sample == 20 and rows[3].params == rows[2].params + 64 * 16 + 16 + 16 * 4 + 4
+    assert (out / "ae" / "pc-seed0" / "model.pt").is_file() and (out / "ae" / "bp-seed1" / "model.pt").is_file()
+    md = bench.to_markdown(rows).splitlines()
+    assert len(md) == 2 + len(rows) and md[2].startswith("| digits-mlp | PC | acc ")
+    assert [d["spec"] for d in json.loads(bench.to_json(rows))] == ["digits-mlp", "digits-mlp", "ae", "ae"]
+
+
+def test_plot_and_reconstruction_grid(rows, tmp_path):
+    rows, out = rows
+    bench.plot(rows, tmp_path / "curves.png")
+    bench.reconstruction_grid(pcgraph.spec_from_yaml(AE), out, tmp_path / "grid.png", count=4)
+    for name in ("curves.png", "grid.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_bench(tmp_path, capsys):
+    md, png = tmp_path / "t.md", tmp_path / "t.png"
+    rc = main(["bench", "specs/digits_mlp.yaml", "--seeds", "1", "--epochs", "1", "--methods", "bp",
+               "--no-progress", "--json", "--markdown", str(md), "--plot", str(png)])
+    assert rc == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(r["spec"], r["method"]) for r in rows] == [("digits-mlp", "BP")]
+    assert "| digits-mlp | BP |" in md.read_text() and png.is_file()
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "specs/digits_mlp.yaml", "--methods", "pc,xx"],
+    ["bench", "specs/digits_mlp.yaml", "--seeds", "0"],
+    ["bench", "specs/digits_mlp.yaml", "--images", "somewhere"],
+    ["bench", "no/such/spec.yaml"],
+])
+def test_cli_bench_bad_input_is_one_line_exit_2(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -99,7 +99,7 @@ def fake_image_folder(root, n=(3, 2)):
 def test_image_folder_is_read_exactly_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("PCGRAPH_CACHE", str(tmp_path / "cache"))
     arrays = fake_image_folder(tmp_path / "data")
-    for attempt in range(2):  # the second read comes from the cache
+    for _ in range(2):  # the second read comes from the cache
         d = load_dataset("cifar10", tmp_path / "data")
         for x, y, split in ((d.x_train, d.y_train, "train"), (d.x_test, d.y_test, "test")):
             images, labels = arrays[split]

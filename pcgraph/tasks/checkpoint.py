@@ -55,6 +55,9 @@ def restore_graph(payload: dict) -> tuple[CompiledGraph, GraphSpec]:
         spec = spec_from_yaml(payload["spec"])
     except SpecError as err:
         raise UsageError(f"the checkpoint's spec is invalid: {err}") from None
+    if payload.get("method") == "bp" and spec.bp.encoder is not None:
+        raise UsageError("this run trained the backprop autoencoder (encoder + decoder), not a PC graph; "
+                         "load its model.pt into pcgraph.tasks.objective.Backprop(spec, pcgraph.compile(spec))")
     graph = compile(spec)
     load_parameters(graph, payload)
     return graph, spec

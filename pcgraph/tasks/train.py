@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -15,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from pcgraph._impl.interrupt import StopOnSignal, progress_bar
 from pcgraph.compile import CompiledGraph, compile
 from pcgraph.data import Dataset, load_dataset
 from pcgraph.errors import DivergenceError, Interrupted, SpecError, UsageError
@@ -154,6 +152,7 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
     if resume is not None:
         saved = checkpoint.read(resume)
         spec = spec_from_yaml(saved["spec"])
+        method = saved.get("method", "pc")
         out = resume if out is None else out
     if spec is None:
         raise UsageError("give a spec to train, or a run folder to resume")
@@ -180,7 +179,12 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
     model = baseline if baseline is not None and baseline.encoder is not None else graph  # trained, saved
     optimizer = weight_optimizer(spec.learning.optimizer if baseline is None else
                                  spec.bp.optimizer or spec.learning.optimizer, model.parameters())
-    x_train, y_train, x_test, y_test = prepare(load_dataset(d.dataset, data_root), d, graph, dev)
+    data = load_dataset(d.dataset, data_root)
+    if data.source != "embedded":
+        note = " (CIFAR-10 from an image folder: if it is this project's JPEG copy, results can differ " \
+               "slightly from the original)" if (Path(data.source) / "train").is_dir() else ""
+        log(f"data: {d.dataset}, {len(data.y_train):,} train / {len(data.y_test):,} test images from {data.source}{note}")
+    x_train, y_train, x_test, y_test = prepare(data, d, graph, dev)
     classes = graph.nodes[d.target].shape[0] if task.classify else 0
     gen = torch.Generator().manual_seed(spec.train.seed)
     n_epochs = (saved["epochs"] if saved else spec.train.epochs) if epochs is None else epochs
@@ -210,12 +214,12 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
             raise UsageError(f"cannot write the run folder {str(out)!r}: {err.strerror or err}") from None
 
     def snapshot(epoch_done: int, position: int, perm, partial) -> dict:
-        return {"spec": spec.to_yaml(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        return {"spec": spec.to_yaml(), "method": method, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng_torch": torch.get_rng_state(),
                 "rng_shuffle": gen.get_state(), "epoch": epoch_done, "epochs": n_epochs, "position": position,
                 "perm": None if perm is None else perm.cpu(), "partial": partial, "history": history}
 
-    with _StopOnSignal() as stop:
+    with StopOnSignal() as stop:
         for epoch in range(first_epoch, n_epochs + 1):
             start = time.perf_counter()
             if position == 0:
@@ -224,7 +228,7 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
             energy = torch.tensor(partial["energy"], device=dev)
             correct = torch.tensor(partial["correct"], device=dev)
             seen, skipped = partial["seen"], partial["skipped"]
-            for i in _progress(range(position, len(perm), d.batch_size), f"epoch {epoch}/{n_epochs}", progress):
+            for i in progress_bar(range(position, len(perm), d.batch_size), f"epoch {epoch}/{n_epochs}", progress):
                 idx = perm[i: i + d.batch_size]
                 batch = task.batch(x_train[idx], y_train[idx], classes)
                 try:
@@ -288,33 +292,3 @@ def _check_parameters(graph: CompiledGraph, epoch: int) -> None:
     for name, p in graph.named_parameters():
         if not bool(torch.isfinite(p).all()):
             raise DivergenceError(f"epoch {epoch}: parameter {name} became NaN/inf; lower the learning rate")
-
-
-class _StopOnSignal:
-    """Within the block, SIGINT/SIGTERM only set ``requested``: the loop stops at a batch boundary."""
-
-    def __init__(self):
-        self.requested = False
-        self._old: dict = {}
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        return False
-
-
-def _progress(items, desc: str, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, leave=False, file=sys.stderr, disable=None, unit="batch")

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import pcgraph
-from pcgraph.errors import SpecError
 from pcgraph._impl.loop import Plan, autograd_grads, constant_edges, local_grads
+from pcgraph.errors import SpecError
 
 f64 = torch.float64
 

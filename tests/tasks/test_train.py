@@ -1,5 +1,8 @@
 """Training on the embedded digits: it learns, it repeats bit for bit, it reports."""
 
+import json
+
+import pytest
 import torch
 
 import pcgraph
@@ -80,3 +83,57 @@ def test_evaluations_that_cannot_work_are_refused_up_front():
 def test_train_accuracy_is_reported_with_zero_init():
     spec = quick_spec(init="zeros")
     assert train(spec, epochs=1, progress=False, log=lambda s: None).train_accuracy > 0  # was 0: unmeasured
+
+
+DIGITS_AE = """
+name: digits-ae
+graph:
+  nodes:
+    z: {shape: [8]}
+    h: {shape: [32]}
+    image: {shape: [64], role: observed}
+  edges:
+    - {from: z, to: h, fn: [linear, tanh]}
+    - {from: h, to: image, fn: [linear, relu]}
+inference: {steps: 10, optimizer: {kind: sgd, lr: 0.1, momentum: 0.25}}
+learning: {optimizer: {kind: adam, lr: 0.003}}
+bp:
+  encoder: {from: image, to: z, fn: [{kind: linear, features: 32}, tanh, linear, tanh]}
+data: {dataset: digits, input: image, target: null, batch_size: 50, normalize: unit}
+train: {epochs: 3, eval: inference}
+"""
+
+
+def test_autoencoders_train_by_pc_and_by_backprop(tmp_path):
+    spec = pcgraph.spec_from_yaml(DIGITS_AE)
+    for method in ("pc", "bp"):
+        r = train(spec, progress=False, log=lambda s: None, method=method, out=tmp_path / method)
+        mse = [h["test_mse"] for h in r.history]
+        assert r.metric == "mse" and mse[-1] < mse[0] < 0.2 and r.best_test_metric == min(mse)
+        assert r.train_accuracy is None
+        assert json.loads(r.to_json())["best_test_mse"] == r.best_test_metric
+        with pytest.raises(AttributeError, match="test mse"):
+            r.test_accuracy  # noqa: B018
+        header = (tmp_path / method / "metrics.csv").read_text().splitlines()[0]
+        assert header == "epoch,energy,test_mse,seconds,skipped_batches"
+    assert r.params == 2 * 64 * 32 + 32 * 8 + 8 * 32 + 32 + 64 + 32 + 8  # encoder + decoder
+
+
+def test_eval_of_a_reconstruction_run(tmp_path, capsys):
+    from pcgraph.cli import main
+
+    spec = pcgraph.spec_from_yaml(DIGITS_AE)
+    r = train(spec, epochs=1, progress=False, log=lambda s: None, out=tmp_path / "pc")
+    assert main(["eval", str(tmp_path / "pc"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test_mse"] == r.test_metric
+    train(spec, epochs=1, progress=False, log=lambda s: None, out=tmp_path / "bp", method="bp")
+    assert main(["eval", str(tmp_path / "bp")]) == 2
+    assert "backprop autoencoder" in capsys.readouterr().err
+
+
+def test_resume_keeps_the_method(tmp_path):
+    spec = pcgraph.spec_from_yaml(DIGITS_AE)
+    full = train(spec, epochs=2, progress=False, log=lambda s: None, method="bp", out=tmp_path / "a")
+    train(spec, epochs=1, progress=False, log=lambda s: None, method="bp", out=tmp_path / "b")
+    resumed = train(resume=tmp_path / "b", epochs=2, progress=False, log=lambda s: None)
+    assert resumed.history[-1]["test_mse"] == full.history[-1]["test_mse"]

@@ -1,4 +1,4 @@
-"""The ``pcgraph`` command line: validate, schema, show, train, eval, bench, verify-bp.
+"""The ``pcgraph`` command line: validate, schema, show, train, eval, bench, filter, verify-bp.
 
 Bad input (a missing or invalid spec, a missing data set, an unknown device) prints one line on
 stderr and exits with status 2; a diverging run exits with status 1. With ``--json`` the last
@@ -12,7 +12,7 @@ import json
 import math
 import sys
 
-from pcgraph.errors import DivergenceError, Interrupted, PCGraphError, UsageError
+from pcgraph.errors import DivergenceError, Interrupted, PCGraphError, SpecError, UsageError
 
 
 def _graph(args):
@@ -147,6 +147,74 @@ def cmd_bench(args) -> int:
     if args.json:
         print(bench.to_json(rows))
     return 0
+
+
+def cmd_filter(args) -> int:
+    import torch
+
+    from pcgraph.optim import weight_optimizer
+    from pcgraph.tasks import sequence as seq
+
+    spec, graph = _graph(args)
+    graph = graph.double()
+    if not graph.delayed:
+        raise UsageError(f"{args.spec}: the graph has no delayed edge (delay: 1), so there is nothing to filter")
+    truth = None
+    if args.input:
+        observations = seq.read_observations(args.input, graph)
+    else:
+        seed = spec.sequence.seed if args.seed is None else args.seed
+        truth, observations = seq.simulate(graph, args.length or spec.sequence.length, 1,
+                                           torch.Generator().manual_seed(seed), torch.float64)
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    if args.learn:
+        opt = weight_optimizer(spec.learning.optimizer, graph.parameters())
+        for epoch in range(1, args.epochs + 1):
+            r = seq.run_sequence(graph, observations, optimizer=opt)
+            mse = sum(float(((r.predictions[v] - observations[v]) ** 2).mean()) for v in observations)
+            log(f"epoch {epoch}: one-step-ahead prediction MSE {mse:.4e} (learning online)")
+    try:
+        seq.linear_system(graph)
+        modes = ["fixed", "steady_state", "propagated"]
+    except SpecError:
+        modes = [spec.sequence.prior_precision]
+    rows, tracks = seq.filter_report(graph, observations, truth, modes)
+    length = len(next(iter(observations.values())))
+    log(f"{spec.name}: {length} steps ({'simulated from the spec' if truth is not None else args.input})")
+    _table(("method", "state RMSE", "one-step prediction MSE"),
+           [(r["method"], f"{r['state_rmse']:.4f}" if "state_rmse" in r else "-", f"{r['prediction_mse']:.4e}")
+            for r in rows], sys.stderr if args.json else None)
+    if args.plot:
+        _plot_tracks(tracks, truth, observations, args.plot)
+    if args.json:
+        print(json.dumps({"name": spec.name, "steps": length, "rows": rows}))
+    return 0
+
+
+def _plot_tracks(tracks, truth, observations, path: str) -> None:
+    """The first two state coordinates over time (as a 2-D track), observations, estimates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if truth is not None:
+        t = next(iter(truth.values()))[:, 0].reshape(len(next(iter(truth.values()))), -1)
+        ax.plot(t[:, 0], t[:, 1] if t.shape[1] > 1 else range(len(t)), "k-", lw=2, label="true state")
+    y = next(iter(observations.values()))[:, 0].reshape(len(next(iter(observations.values()))), -1)
+    if y.shape[1] >= 2:
+        ax.plot(y[:, 0], y[:, 1], ".", color="0.6", ms=4, label="observations")
+    for name, est in tracks.items():
+        est = est.reshape(len(est), -1)
+        ax.plot(est[:, 0], est[:, 1] if est.shape[1] > 1 else range(len(est)), "--" if name == "kalman" else "-",
+                lw=1.2, label=name)
+    ax.set_xlabel("state 0")
+    ax.set_ylabel("state 1")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def cmd_verify_bp(args) -> int:
@@ -314,6 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--json", action="store_true", help="log to stderr; the rows as one JSON line on stdout")
     b.set_defaults(fn=cmd_bench)
+    fl = sub.add_parser("filter", help="run a recurrent graph (delayed edges) along a sequence, next to a Kalman filter")
+    fl.add_argument("spec")
+    fl.add_argument("--length", type=_positive_int, help="length of the simulated sequence (default sequence.length)")
+    fl.add_argument("--input", metavar="FILE", help="observations: CSV (rows = time steps) or .npz; default: simulate")
+    fl.add_argument("--seed", type=int, help="seed of the simulation (default sequence.seed)")
+    fl.add_argument("--learn", action="store_true", help="first learn the parameters online over the sequence")
+    fl.add_argument("--epochs", type=_positive_int, default=1, help="with --learn: passes over the sequence")
+    fl.add_argument("--plot", metavar="FILE", help="PNG of the true track, observations and estimates")
+    fl.add_argument("--json", action="store_true", help="the table to stderr; the rows as one JSON line on stdout")
+    fl.set_defaults(fn=cmd_filter)
     vb = sub.add_parser("verify-bp", help="compare PC's parameter gradients with backprop's")
     vb.add_argument("spec")
     vb.add_argument("--mode", choices=["exact", "approx"], default="exact",

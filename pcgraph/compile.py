@@ -19,6 +19,7 @@ from pcgraph import energy as E
 from pcgraph._impl.local import combine, edge_forward
 from pcgraph.errors import SpecError
 from pcgraph.ops import Op, Shape
+from pcgraph.precision import Precision, declared_matrix
 from pcgraph.spec import Categorical, GraphSpec, NodeSpec
 
 States = dict[str, Tensor]
@@ -59,13 +60,25 @@ class CompiledGraph(nn.Module):
     States are plain dicts ``{node: (B, *shape) tensor}``; the module holds only parameters.
     """
 
-    def __init__(self, spec: GraphSpec, nodes: dict[str, Node], order: list[str], edges: list[Edge], acyclic: bool):
+    def __init__(self, spec: GraphSpec, nodes: dict[str, Node], order: list[str], edges: list[Edge], acyclic: bool,
+                 precisions: dict[str, Precision] | None = None, delayed: dict[str, str] | None = None):
         super().__init__()
         self.spec = spec
         self.nodes = nodes
         self.order = order  # topological when acyclic, declaration order otherwise
         self.edges = nn.ModuleList(edges)
         self.acyclic = acyclic
+        self.precisions = nn.ModuleDict(precisions or {})  # nodes whose Pi is not a fixed scalar
+        self.delayed = delayed or {}  # {"x@prev": "x"}: the previous time step's values, clamped
+
+    def require_time(self, batch: States) -> None:
+        """Raise SpecError when a delayed edge's previous-step values are missing from ``batch``."""
+        for prev, src in self.delayed.items():
+            if prev not in batch:
+                i = next(i for i, e in enumerate(self.edges) if prev in e.sources)
+                raise SpecError(f"this edge has delay: 1, so it reads {src!r} at the previous time step: run the "
+                                "graph over a sequence (pcgraph filter, pcgraph.run_sequence), not on single batches",
+                                f"graph.edges[{i}].delay")
 
     # --- predictions, errors, energies --------------------------------------------------------
 
@@ -89,6 +102,8 @@ class CompiledGraph(nn.Module):
         n = self.nodes[node]
         if n.incoming:
             mu = self.prediction(states, node) if mu is None else mu
+            if node in self.precisions:
+                return self.precisions[node].energy(states[node] - mu)
             return E.node_energy(n.spec.energy, states[node], mu)
         return E.prior_energy(n.spec.prior, states[node])
 
@@ -113,6 +128,7 @@ class CompiledGraph(nn.Module):
         (the tape is what :mod:`pcgraph._impl.local` needs to differentiate the edge later)."""
         if not self.acyclic:
             raise SpecError("a feedforward pass needs an acyclic graph, and this one has a cycle", "graph.edges")
+        self.require_time(batch)
         ref = next(iter(batch.values()))
         states, kept = dict(batch), {}
         for v in self.order:
@@ -194,6 +210,11 @@ def compile(spec: GraphSpec, max_bytes: int | None = None) -> CompiledGraph:  # 
     g.add_nodes_from(body.nodes)
     problems: list[tuple[str, str]] = []
     known = ", ".join(body.nodes)
+    delayed = {f"{s}@prev": s for e in body.edges if e.delay for s in e.source if s in body.nodes}
+    for prev in delayed:
+        if prev in body.nodes:
+            raise SpecError(f"node name {prev!r} is reserved for the previous-step value of {delayed[prev]!r}",
+                            f"graph.nodes.{prev}")
     for i, e in enumerate(body.edges):
         for j, s in enumerate(e.source):
             if s not in body.nodes:
@@ -204,18 +225,20 @@ def compile(spec: GraphSpec, max_bytes: int | None = None) -> CompiledGraph:  # 
         if len(set(e.source)) != len(e.source):
             problems.append((f"graph.edges[{i}].from", f"a source is listed twice: {e.source}"))
         for s in e.source:
-            g.add_edge(s, e.to, index=i)
+            g.add_edge(f"{s}@prev" if e.delay else s, e.to, index=i)
     if problems:
         raise SpecError(problems)
+    prev_nodes = {p: NodeSpec(shape=body.nodes[s].shape, role="observed") for p, s in delayed.items()}
+    all_nodes = {**prev_nodes, **body.nodes}
 
     for v, n in body.nodes.items():
         path = f"graph.nodes.{v}"
-        if g.degree(v) == 0:
+        if g.degree(v) == 0 and f"{v}@prev" not in delayed:
             problems.append((path, "node is not connected to any edge, so it has no energy; "
                              "connect it or remove it"))
-        if n.prior is not None and g.in_degree(v) > 0:
-            problems.append((f"{path}.prior", "a prior is only for nodes without incoming edges; "
-                             f"{v!r} is predicted by an edge"))
+        if n.prior is not None and any(e.to == v and not e.delay for e in body.edges):
+            problems.append((f"{path}.prior", "a prior is only for nodes without incoming edges (or only "
+                             f"delayed ones, where it gives the value at t = 0); {v!r} is predicted by an edge"))
         if isinstance(n.energy, Categorical) and g.out_degree(v) > 0:
             problems.append((f"{path}.energy", "a categorical node must be a leaf (no outgoing "
                              f"edges); {v!r} feeds {sorted(set(g.successors(v)))}"))
@@ -235,16 +258,32 @@ def compile(spec: GraphSpec, max_bytes: int | None = None) -> CompiledGraph:  # 
     if not acyclic and spec.data is not None and spec.train.eval == "feedforward":
         raise SpecError("a feedforward evaluation needs an acyclic graph, but it has a cycle; "
                         "use train.eval: inference", "train.eval")
-    order = list(nx.topological_sort(g)) if acyclic else list(body.nodes)
+    order = list(nx.topological_sort(g)) if acyclic else [*delayed, *body.nodes]
 
-    edges = [build_edge(e, body.nodes, f"graph.edges[{i}]", budget) for i, e in enumerate(body.edges)]
+    edges = [build_edge(e, all_nodes, f"graph.edges[{i}]", budget) for i, e in enumerate(body.edges)]
     nodes = {
         v: Node(v, tuple(n.shape), n,
-                tuple(i for i, e in enumerate(body.edges) if e.to == v),
-                tuple(i for i, e in enumerate(body.edges) if v in e.source))
-        for v, n in body.nodes.items()
+                tuple(i for i, e in enumerate(edges) if e.target == v and v in body.nodes),
+                tuple(i for i, e in enumerate(edges) if v in e.sources))
+        for v, n in all_nodes.items()
     }
-    return CompiledGraph(spec, nodes, order, edges, acyclic)
+    return CompiledGraph(spec, nodes, order, edges, acyclic, _precisions(body.nodes), delayed)
+
+
+def _precisions(nodes: dict[str, NodeSpec]) -> dict[str, Precision]:
+    out = {}
+    for v, n in nodes.items():
+        if isinstance(n.energy, Categorical) or n.energy.scalar is not None:
+            continue
+        path = f"graph.nodes.{v}.energy"
+        if len(n.shape) != 1 or n.shape[0] > 1024:
+            raise SpecError(f"a matrix or learnt precision needs a 1-D node of at most 1,024 values, got shape "
+                            f"{list(n.shape)}", path)
+        try:
+            out[v] = Precision(declared_matrix(n.energy, n.shape[0]), n.energy.learn)
+        except ValueError as err:
+            raise SpecError(str(err), f"{path}.{'covariance' if n.energy.covariance is not None else 'precision'}") from None
+    return out
 
 
 class _Budget:
@@ -294,4 +333,4 @@ def build_edge(e, nodes: dict[str, NodeSpec], path: str, budget: _Budget | None 
     if tuple(x.shape[1:]) != target:
         raise SpecError(f"the pipeline outputs shape {list(x.shape[1:])} but target node "
                         f"{e.to!r} has shape {list(target)}", f"{path}.fn")
-    return Edge(list(e.source), e.to, e.combine, modules)
+    return Edge([f"{s}@prev" for s in e.source] if e.delay else list(e.source), e.to, e.combine, modules)

@@ -38,7 +38,7 @@ def node_energy(spec: Gaussian | Categorical, x: Tensor, mu: Tensor) -> Tensor:
     """Dispatch on the node's energy spec. Returns (B,)."""
     if isinstance(spec, Categorical):
         return categorical(x, mu)
-    return gaussian(x, mu, spec.precision)
+    return gaussian(x, mu, spec.scalar)
 
 
 def prior_energy(prior: Prior, x: Tensor) -> Tensor:

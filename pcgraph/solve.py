@@ -248,6 +248,7 @@ def _check_batch(graph: CompiledGraph, batch: States) -> int:
         sizes.add(x.shape[0])
     if len(sizes) > 1:
         raise ValueError(f"batch tensors disagree on the batch size: {sorted(sizes)}")
+    graph.require_time(batch)
     return sizes.pop()
 
 

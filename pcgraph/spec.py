@@ -25,6 +25,7 @@ from pydantic import (
     field_serializer,
     field_validator,
     model_serializer,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -54,11 +55,62 @@ class _Tagged(_Strict):
 # --- node energies -------------------------------------------------------------------------
 
 
+def _precision_value(v: Any) -> Any:
+    """A number > 0, a list of them (a diagonal) or a list of rows of numbers (a matrix)."""
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if v is None:
+        return v
+    if number(v) and v > 0:
+        return float(v)
+    if isinstance(v, list) and v and all(number(x) and x > 0 for x in v):
+        return [float(x) for x in v]
+    if isinstance(v, list) and v and all(isinstance(r, list) and r and all(number(x) for x in r) for r in v):
+        return [[float(x) for x in r] for r in v]
+    raise PydanticCustomError("precision", "expected a number greater than 0, a list of them (a diagonal) or a "
+                              "list of rows (a matrix), got {got}", {"got": repr(v)})
+
+
+PrecisionValue = Annotated[
+    Any, BeforeValidator(_precision_value),
+    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                              {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}},
+                              {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}]}),
+]
+
+
 class Gaussian(_Tagged):
-    """e = 1/2 pi ||x - mu||^2 (eq. 27 with Sigma = I / pi)."""
+    """e = 1/2 (x - mu)^T Pi (x - mu) (eq. 27 with Sigma = Pi^-1), plus -1/2 log|Pi| when Pi is
+    learnt. Pi is a scalar pi (Pi = pi I), a diagonal (a list) or a full symmetric positive definite
+    matrix (a list of rows; 1-D nodes only), given as ``precision`` or as ``covariance``."""
 
     kind: Literal["gaussian"] = "gaussian"
-    precision: PositiveFloat = Field(1.0, description="Fixed scalar precision pi = 1 / variance.")
+    precision: PrecisionValue = Field(
+        1.0, description="Precision Pi = Sigma^-1: a number, a diagonal [..] or a matrix [[..], ..].")
+    covariance: PrecisionValue | None = Field(
+        None, description="Covariance Sigma instead of precision (give one of the two).")
+    learn: Literal["none", "diagonal", "full"] = Field(
+        "none", description="Learn Pi (kept positive definite by construction), starting from the given value.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Gaussian:
+        if self.covariance is not None and "precision" in self.model_fields_set:
+            raise ValueError("give precision or covariance, not both")
+        for name in ("precision", "covariance"):
+            value = getattr(self, name)
+            if isinstance(value, list) and value and isinstance(value[0], list):
+                problems.check_spd(value, name)
+        return self
+
+    @property
+    def scalar(self) -> float | None:
+        """The precision as one number when it is a fixed multiple of I, else None."""
+        if self.learn != "none":
+            return None
+        if self.covariance is not None:
+            return 1.0 / self.covariance if isinstance(self.covariance, float) else None
+        return self.precision if isinstance(self.precision, float) else None
 
 
 class Categorical(_Tagged):
@@ -133,6 +185,8 @@ class EdgeSpec(_Strict):
     combine: Literal["concat", "add", "mul"] = Field(
         "concat", description="How several sources join: concat (dim 1), add or mul."
     )
+    delay: Literal[0, 1] = Field(
+        0, description="1: read the sources' relaxed values from the previous time step (a recurrent edge).")
 
     @field_validator("source", mode="before")
     @classmethod
@@ -294,6 +348,16 @@ class BaselineSpec(_Strict):
     )
 
 
+class SequenceSpec(_Strict):
+    """Running a graph with delayed edges over time (``pcgraph filter``)."""
+
+    prior_precision: Literal["fixed", "steady_state", "propagated"] = Field(
+        "fixed", description="Precision of the recurrent state's prediction: fixed (as declared, e.g. the "
+        "process noise), steady_state (the steady-state Kalman prior) or propagated (Riccati, every step).")
+    length: PositiveInt = Field(200, description="Length of a simulated sequence.")
+    seed: int = Field(0, description="Seed of the simulation.")
+
+
 class GraphSpec(_Strict):
     """A whole pcgraph spec: the graph and how to infer, learn, load data and train."""
 
@@ -304,6 +368,7 @@ class GraphSpec(_Strict):
     learning: LearningSpec = Field(default_factory=LearningSpec)
     data: DataSpec | None = Field(None, description="Data set; needed by `pcgraph train`.")
     bp: BaselineSpec = Field(default_factory=BaselineSpec, description="The backprop baseline.")
+    sequence: SequenceSpec = Field(default_factory=SequenceSpec, description="Time: graphs with delayed edges.")
     train: TrainSpec = Field(default_factory=TrainSpec)
 
     def to_yaml(self) -> str:

@@ -24,8 +24,9 @@ _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 
 
 def supported(graph) -> bool:
-    """True when every module of every edge has a closed-form VJP here."""
-    return all(
+    """True when every module of every edge has a closed-form VJP here (and no node has a matrix
+    or learnt precision: those go through autograd)."""
+    return not len(graph.precisions) and all(
         isinstance(m, (*_WEIGHTED, *_POOLS, *_ELEMENTWISE))
         and not (isinstance(m, nn.GELU) and m.approximate != "none")
         and not (isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.padding_mode != "zeros")
@@ -147,5 +148,5 @@ def node_terms(spec, x: Tensor, mu: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         d_x = torch.where(x2 > 0, torch.log(x2.clamp_min(1e-30)) + 1 - logp, 0.0)
         return e, d_x.reshape(x.shape), d_mu.reshape(mu.shape)
     diff = x - mu
-    eps = diff * spec.precision if spec.precision != 1.0 else diff
+    eps = diff * spec.scalar if spec.scalar != 1.0 else diff
     return 0.5 * torch.dot(eps.reshape(-1), diff.reshape(-1)), eps, -eps

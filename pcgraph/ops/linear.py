@@ -30,19 +30,32 @@ class Linear(Op):
     init: Literal["torch", "xavier_uniform", "xavier_normal", "kaiming_uniform", "zeros"] = (
         Field("torch", description="Weight initialisation (biases start at zero unless torch).")
     )
+    weight: list[list[float]] | None = Field(
+        None, description="Initial weight matrix W, one row per output (e.g. a known A or C); biases start at 0.")
 
     @property
     def has_params(self) -> bool:
         return True
 
+    def _out(self, target_shape: Shape) -> int:
+        return self.features or (len(self.weight) if self.weight else target_shape[-1])
+
     def param_count(self, in_shape: Shape, target_shape: Shape) -> int:
-        out = self.features or target_shape[-1]
+        out = self._out(target_shape)
         return in_shape[-1] * out + (out if self.bias else 0)
 
     def build(self, in_shape: Shape, target_shape: Shape) -> nn.Module:
-        out = self.features or target_shape[-1]
+        out = self._out(target_shape)
         layer = nn.Linear(in_shape[-1], out, bias=self.bias)
-        if self.init != "torch":
+        if self.weight is not None:
+            w = torch.tensor(self.weight)
+            if w.shape != layer.weight.shape:
+                raise ValueError(f"weight must have {out} rows of {in_shape[-1]} values, got shape {list(w.shape)}")
+            with torch.no_grad():
+                layer.weight.copy_(w)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+        elif self.init != "torch":
             with torch.no_grad():
                 _INITS[self.init](layer.weight)
                 if layer.bias is not None:

@@ -147,11 +147,11 @@ def with_output_precision(graph: CompiledGraph, batch: States, scale: float) -> 
     for v in batch:
         if graph.nodes[v].incoming:
             energy = nodes[v].energy
-            if isinstance(energy, Categorical):
-                raise SpecError("approx mode scales output precisions, so it needs gaussian outputs; "
-                                f"{v!r} is categorical (use --mode exact)", f"graph.nodes.{v}.energy")
+            if isinstance(energy, Categorical) or energy.scalar is None:
+                raise SpecError("approx mode scales output precisions, so it needs gaussian outputs with a "
+                                f"fixed scalar precision; {v!r} has none (use --mode exact)", f"graph.nodes.{v}.energy")
             nodes[v] = nodes[v].model_copy(update={"energy": energy.model_copy(
-                update={"precision": energy.precision * scale})})
+                update={"precision": energy.scalar * scale, "covariance": None})})
     spec = graph.spec.model_copy(update={"graph": graph.spec.graph.model_copy(update={"nodes": nodes})})
     ref = next(iter(graph.parameters()), None)
     copy = compile(spec)

@@ -1,0 +1,219 @@
+"""Recurrent PC over time: run a graph with delayed edges along a sequence (the notes' Fig. 5).
+
+At each step t the observed nodes are clamped to y_t and every delayed edge reads its source's
+relaxed value from step t - 1 (``<node>@prev``, clamped; at t = 0 the node's prior mean). The
+states start at their prediction (forward init), relax on the step's energy (eq. 60), and are
+carried forward. With an optimizer the parameters (A and C, eqs. 62-63; learnt precisions) take
+one step per time step at the relaxed states: online learning.
+
+The prediction precision of a linearly recurrent state x_t = A x_{t-1} + w can be
+``fixed`` (the declared one, e.g. Q^-1: the notes' approximation), ``steady_state`` (the inverse of
+the steady-state Kalman prior covariance) or ``propagated`` (P^- = A P A^T + Q, then the
+posterior P = (P^-^-1 + C^T R^-1 C)^-1 every step, the Riccati recursion), with which the relaxed
+state is the Kalman filter's posterior mean.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pcgraph import kalman
+from pcgraph.compile import CompiledGraph, States
+from pcgraph.errors import SpecError
+from pcgraph.precision import declared_matrix
+from pcgraph.solve import Solver
+
+
+@dataclass
+class SequenceResult:
+    """Per step: relaxed ``estimates`` {node: (T, B, *shape)}, one-step-ahead ``predictions`` of the
+    observed nodes made before seeing them {node: (T, B, *shape)}, and the relaxed ``energy`` (T,)."""
+
+    estimates: dict[str, Tensor]
+    predictions: dict[str, Tensor]
+    energy: Tensor
+
+
+def linear_system(graph: CompiledGraph) -> tuple[kalman.LinearGaussian, str, str]:
+    """(A, C, Q, R, m0, P0), the state node and the observed node of a linear-Gaussian graph: one
+    delayed self-edge x -> x and one edge x -> y, each a single bias-free linear op; Q, R the
+    declared covariances of x and y; m0, P0 from x's prior. SpecError otherwise."""
+    delayed = [i for i, e in enumerate(graph.edges) if any(s in graph.delayed for s in e.sources)]
+    where = "graph.edges"
+    if len(delayed) != 1 or len(graph.edges) != 2:
+        raise SpecError("steady_state and propagated prior precisions need a linear-Gaussian graph: one delayed "
+                        f"edge x -> x and one edge x -> y, got {len(graph.edges)} edges", where)
+    rec, obs = graph.edges[delayed[0]], graph.edges[1 - delayed[0]]
+    x = rec.target
+    ok = rec.sources == [f"{x}@prev"] and obs.sources == [x]
+    for e in (rec, obs):
+        ok = ok and len(e.pipeline) == 1 and isinstance(e.pipeline[0], nn.Linear) and e.pipeline[0].bias is None
+    if not ok:
+        raise SpecError("steady_state and propagated prior precisions need x -> x (delay: 1) and x -> y, each "
+                        "one linear op with bias: false", where)
+    y = obs.target
+    n = graph.nodes[x]
+    prior = n.spec.prior
+    if prior is None:
+        raise SpecError(f"the recurrent state {x!r} needs a prior (its distribution at t = 0)", f"graph.nodes.{x}.prior")
+    size = n.shape[0]
+    f64 = torch.float64
+    system = kalman.LinearGaussian(
+        rec.pipeline[0].weight.detach().to(f64), obs.pipeline[0].weight.detach().to(f64),
+        torch.linalg.inv(declared_matrix(n.spec.energy, size)),
+        torch.linalg.inv(declared_matrix(graph.nodes[y].spec.energy, graph.nodes[y].shape[0])),
+        torch.full((size,), prior.mean, dtype=f64), torch.eye(size, dtype=f64) / prior.precision)
+    return system, x, y
+
+
+def run_sequence(graph: CompiledGraph, observations: dict[str, Tensor], solver: Solver | None = None,
+                 prior_precision: str | None = None, optimizer: torch.optim.Optimizer | None = None) -> SequenceResult:
+    """Filter (and with ``optimizer``, learn online) along ``observations`` {node: (T, B, *shape)}.
+    ``solver`` defaults to the spec's; ``prior_precision`` to ``spec.sequence.prior_precision``."""
+    spec = graph.spec
+    solver = solver or Solver.from_spec(spec, compile=False)
+    mode = prior_precision or spec.sequence.prior_precision
+    if mode not in ("fixed", "steady_state", "propagated"):
+        raise ValueError(f"prior_precision must be fixed, steady_state or propagated, got {mode!r}")
+    if not graph.delayed:
+        raise SpecError("the graph has no delayed edge (delay: 1), so it has no time axis to run along", "graph.edges")
+    length = {len(v) for v in observations.values()}
+    if len(length) != 1:
+        raise ValueError(f"observation sequences disagree on their length: {sorted(length)}")
+    first = next(iter(observations.values()))
+    prev = {p: graph.root_value(s, first[0]) for p, s in graph.delayed.items()}
+    for v, pi in graph.precisions.items():  # start from the declared precisions (a previous run may have set them)
+        if pi.learn == "none":
+            pi.set_(declared_matrix(graph.nodes[v].spec.energy, graph.nodes[v].shape[0]))
+    if mode != "fixed":
+        system, x, _ = linear_system(graph)
+        if x not in graph.precisions:
+            raise SpecError(f"give {x!r} a covariance matrix (Q) so its precision can be set per step",
+                            f"graph.nodes.{x}.energy")
+        P = system.P0
+        if mode == "steady_state":
+            graph.precisions[x].set_(torch.linalg.inv(kalman.steady_state_prior(system)))
+    estimates: dict[str, list[Tensor]] = {v: [] for v in graph.nodes if v not in graph.delayed}
+    predictions: dict[str, list[Tensor]] = {v: [] for v in observations}
+    energy = []
+    for t in range(length.pop()):
+        if mode == "propagated":
+            P_prior = system.A @ P @ system.A.T + system.Q
+            graph.precisions[x].set_(torch.linalg.inv(P_prior))
+        with torch.no_grad():
+            guess = graph.feedforward(dict(prev))[0]
+        for v in observations:
+            predictions[v].append(guess[v])
+        batch = {**prev, **{v: y[t] for v, y in observations.items()}}
+        r = solver.step(graph, batch, optimizer) if optimizer is not None else solver.relax(graph, batch)
+        for v in estimates:
+            estimates[v].append(r.states[v].detach())
+        energy.append(r.energy[-1])
+        prev = {p: r.states[s].detach() for p, s in graph.delayed.items()}
+        if mode == "propagated":
+            info = torch.linalg.inv(P_prior) + system.C.T @ torch.linalg.inv(system.R) @ system.C
+            P = torch.linalg.inv(info)
+    return SequenceResult({v: torch.stack(xs) for v, xs in estimates.items()},
+                          {v: torch.stack(ps) for v, ps in predictions.items()}, torch.stack(energy))
+
+
+@torch.no_grad()
+def simulate(graph: CompiledGraph, length: int, batch: int = 1, generator: torch.Generator | None = None,
+             dtype: torch.dtype = torch.float32) -> tuple[States, States]:
+    """Sample the system the graph declares: (true states, observations), each {node: (T, B, *shape)}.
+    x at t = 0 from its prior; then every node in order = its prediction + Gaussian noise with the
+    node's covariance (Pi^-1)."""
+    if not graph.delayed:
+        raise SpecError("the graph has no delayed edge (delay: 1), so it has no time axis to simulate", "graph.edges")
+    prev = {}
+    for p, s in graph.delayed.items():
+        prior = graph.nodes[s].spec.prior
+        mean, std = (prior.mean, prior.precision ** -0.5) if prior is not None else (0.0, 0.0)
+        prev[p] = mean + std * torch.randn(batch, *graph.nodes[s].shape, generator=generator, dtype=dtype)
+    out: dict[str, list[Tensor]] = {v: [] for v in graph.order if v not in graph.delayed}
+    for _ in range(length):
+        states = dict(prev)
+        for v in graph.order:
+            if v in graph.delayed:
+                continue
+            mu = graph.prediction(states, v)
+            if mu is None:
+                raise SpecError(f"cannot simulate: node {v!r} has no incoming edge", f"graph.nodes.{v}")
+            energy = graph.nodes[v].spec.energy
+            if energy.kind != "gaussian":
+                raise SpecError(f"cannot simulate a {energy.kind} node", f"graph.nodes.{v}.energy")
+            cov = torch.linalg.inv(declared_matrix(energy, mu[0].numel())).to(dtype)
+            noise = torch.randn(batch, mu[0].numel(), generator=generator, dtype=dtype) @ torch.linalg.cholesky(cov).T
+            states[v] = mu + noise.reshape(mu.shape)
+            out[v].append(states[v])
+        prev = {p: states[s] for p, s in graph.delayed.items()}
+    seq = {v: torch.stack(xs) for v, xs in out.items()}
+    observed = {v for v in seq if graph.nodes[v].spec.role == "observed"}
+    return {v: x for v, x in seq.items() if v not in observed}, {v: x for v, x in seq.items() if v in observed}
+
+
+def read_observations(path: str, graph: CompiledGraph) -> dict[str, Tensor]:
+    """Observations from a CSV (one row per time step, one column per value, an optional header)
+    or an .npz file (one array per observed node, or a single array), as {node: (T, 1, *shape)}."""
+    import numpy as np
+
+    observed = [v for v, n in graph.nodes.items() if n.spec.role == "observed" and v not in graph.delayed]
+    try:
+        if path.endswith(".npz"):
+            with np.load(path) as f:
+                arrays = {v: f[v] for v in observed if v in f.files}
+                if not arrays and len(f.files) == 1 and len(observed) == 1:
+                    arrays = {observed[0]: f[f.files[0]]}
+        else:
+            text = open(path).read().strip().splitlines()
+            try:
+                float(text[0].split(",")[0])
+            except ValueError:
+                text = text[1:]  # a header
+            arrays = {observed[0]: np.array([[float(c) for c in row.split(",")] for row in text if row.strip()])}
+    except (OSError, ValueError, IndexError, KeyError) as err:
+        raise SpecError(f"cannot read observations from {path!r}: {err}") from None
+    out = {}
+    for v in observed:
+        if v not in arrays:
+            raise SpecError(f"{path!r} has no observations for node {v!r}")
+        a = torch.as_tensor(arrays[v], dtype=torch.float64)
+        shape = graph.nodes[v].shape
+        if a.dim() < 1 or a[0].numel() != math.prod(shape):
+            raise SpecError(f"{path!r}: node {v!r} needs {math.prod(shape)} values per time step, "
+                            f"got rows of {a[0].numel() if a.dim() else 0}")
+        out[v] = a.reshape(len(a), 1, *shape)
+    return out
+
+
+def filter_report(graph: CompiledGraph, observations: dict[str, Tensor], truth: dict[str, Tensor] | None,
+                  modes: list[str], solver: Solver | None = None) -> tuple[list[dict], dict[str, Tensor]]:
+    """Filter with each prior-precision mode (and, for a linear-Gaussian graph, the reference
+    Kalman filter). Rows: {method, state_rmse (with ``truth``), prediction_mse}; also the state
+    estimates by method, {method: (T, *shape)} of the first sequence."""
+    try:
+        system, x, y = linear_system(graph)
+    except SpecError:
+        system = None
+    rows, tracks = [], {}
+
+    def row(name: str, est: Tensor | None, pred: dict[str, Tensor]) -> None:
+        r = {"method": name, "prediction_mse": float(sum(((pred[v] - observations[v]) ** 2).mean() for v in pred))}
+        if truth is not None and est is not None:
+            r["state_rmse"] = float(((est - truth[x if system else next(iter(truth))]) ** 2).mean().sqrt())
+        rows.append(r)
+
+    if system is not None:
+        kf = kalman.kalman_filter(system, observations[y][:, 0])
+        tracks["kalman"] = kf.means
+        row("kalman", kf.means[:, None], {y: (observations[y][:, 0] - kf.innovations)[:, None]})
+    for mode in modes:
+        r = run_sequence(graph, observations, solver, mode)
+        state = x if system else next(v for v in r.estimates if graph.nodes[v].spec.role != "observed")
+        tracks[f"pc-{mode}"] = r.estimates[state][:, 0]
+        row(f"pc ({mode})", r.estimates[state], r.predictions)
+    return rows, tracks

@@ -129,8 +129,9 @@ def cmd_bench(args) -> int:
         raise UsageError("--images needs --out DIR (the trained runs it draws from)")
     rows = bench.bench(specs, seeds=args.seeds, epochs=args.epochs, data_root=args.data_root, device=args.device,
                        out=out, methods=tuple(args.methods), log=log, progress=not args.no_progress)
-    print()
-    _table(bench.HEADER, bench.table(rows))
+    where = sys.stderr if args.json else sys.stdout  # with --json, stdout holds only the JSON line
+    print(file=where)
+    _table(bench.HEADER, bench.table(rows), where)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(bench.to_markdown(rows))
@@ -324,10 +325,10 @@ def _positive_int(text: str) -> int:
 
 
 
-def _table(header: tuple, rows: list[tuple]) -> None:
+def _table(header: tuple, rows: list[tuple], file=None) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip(), file=file)
 
 
 class _Parser(argparse.ArgumentParser):

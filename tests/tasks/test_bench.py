@@ -84,7 +84,9 @@ def test_cli_bench(tmp_path, capsys):
     rc = main(["bench", "specs/digits_mlp.yaml", "--seeds", "1", "--epochs", "1", "--methods", "bp",
                "--no-progress", "--json", "--markdown", str(md), "--plot", str(png)])
     assert rc == 0
-    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1  # with --json, stdout is the JSON line alone
+    rows = json.loads(out[0])
     assert [(r["spec"], r["method"]) for r in rows] == [("digits-mlp", "BP")]
     assert "| digits-mlp | BP |" in md.read_text() and png.is_file()
 

@@ -19,7 +19,7 @@ from pcgraph import energy as E
 from pcgraph._impl.local import combine, edge_forward
 from pcgraph.errors import SpecError
 from pcgraph.ops import Op, Shape
-from pcgraph.precision import Precision, declared_matrix
+from pcgraph.precision import Precision, node_precisions
 from pcgraph.spec import Categorical, GraphSpec, NodeSpec
 
 States = dict[str, Tensor]
@@ -267,23 +267,7 @@ def compile(spec: GraphSpec, max_bytes: int | None = None) -> CompiledGraph:  # 
                 tuple(i for i, e in enumerate(edges) if v in e.sources))
         for v, n in all_nodes.items()
     }
-    return CompiledGraph(spec, nodes, order, edges, acyclic, _precisions(body.nodes), delayed)
-
-
-def _precisions(nodes: dict[str, NodeSpec]) -> dict[str, Precision]:
-    out = {}
-    for v, n in nodes.items():
-        if isinstance(n.energy, Categorical) or n.energy.scalar is not None:
-            continue
-        path = f"graph.nodes.{v}.energy"
-        if len(n.shape) != 1 or n.shape[0] > 1024:
-            raise SpecError(f"a matrix or learnt precision needs a 1-D node of at most 1,024 values, got shape "
-                            f"{list(n.shape)}", path)
-        try:
-            out[v] = Precision(declared_matrix(n.energy, n.shape[0]), n.energy.learn)
-        except ValueError as err:
-            raise SpecError(str(err), f"{path}.{'covariance' if n.energy.covariance is not None else 'precision'}") from None
-    return out
+    return CompiledGraph(spec, nodes, order, edges, acyclic, node_precisions(body.nodes), delayed)
 
 
 class _Budget:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pcgraph.spec import Gaussian
+from pcgraph.errors import SpecError
+from pcgraph.spec import Categorical, Gaussian, NodeSpec
 
 
 def declared_matrix(spec: Gaussian, size: int) -> Tensor:
@@ -66,3 +67,20 @@ class Precision(nn.Module):
         if self.learn != "none":
             e = e - 0.5 * torch.logdet(pi)
         return e
+
+
+def node_precisions(nodes: dict[str, NodeSpec]) -> dict[str, Precision]:
+    """A :class:`Precision` for every Gaussian node whose precision is not a fixed scalar."""
+    out = {}
+    for v, n in nodes.items():
+        if isinstance(n.energy, Categorical) or n.energy.scalar is not None:
+            continue
+        path = f"graph.nodes.{v}.energy"
+        if len(n.shape) != 1 or n.shape[0] > 1024:
+            raise SpecError(f"a matrix or learnt precision needs a 1-D node of at most 1,024 values, got shape "
+                            f"{list(n.shape)}", path)
+        try:
+            out[v] = Precision(declared_matrix(n.energy, n.shape[0]), n.energy.learn)
+        except ValueError as err:
+            raise SpecError(str(err), f"{path}.{'covariance' if n.energy.covariance is not None else 'precision'}") from None
+    return out

@@ -65,7 +65,8 @@ def linear_system(graph: CompiledGraph) -> tuple[kalman.LinearGaussian, str, str
     system = kalman.LinearGaussian(
         rec.pipeline[0].weight.detach().to(f64), obs.pipeline[0].weight.detach().to(f64),
         torch.linalg.inv(declared_matrix(n.spec.energy, size)),
-        torch.linalg.inv(declared_matrix(graph.nodes[y].spec.energy, graph.nodes[y].shape[0])),
+        torch.linalg.inv(graph.precisions[y].matrix().detach().to(f64) if y in graph.precisions
+                         else declared_matrix(graph.nodes[y].spec.energy, graph.nodes[y].shape[0])),
         torch.full((size,), prior.mean, dtype=f64), torch.eye(size, dtype=f64) / prior.precision)
     return system, x, y
 

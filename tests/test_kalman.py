@@ -21,7 +21,7 @@ def random_system(n=4, m=2, seed=0) -> LinearGaussian:
 
 def joint_moments(s: LinearGaussian, T: int):
     """Mean and covariance of (x_1..x_T, y_1..y_T) as one Gaussian vector."""
-    n, m = s.A.shape[0], s.C.shape[0]
+    n = s.A.shape[0]
     # x_t = A^t x_0 + sum_{k<=t} A^{t-k} w_k: x = F x_0 + G w, y = H x + v
     F = torch.cat([torch.linalg.matrix_power(s.A, t) for t in range(1, T + 1)])
     G = torch.zeros(T * n, T * n, dtype=f64)

@@ -309,7 +309,7 @@ def build_edge(e, nodes: dict[str, NodeSpec], path: str, budget: _Budget | None 
             m = op.build(in_shape, target)
             with torch.no_grad():
                 x = m(x)
-        except (RuntimeError, ValueError, IndexError) as err:
+        except (RuntimeError, ValueError, IndexError, TypeError, OverflowError) as err:
             first = str(err).strip().splitlines()[0]
             raise SpecError(f"op {op.kind!r} cannot take input of shape {list(in_shape)}: {first}",
                             f"{path}.fn[{k}]") from None

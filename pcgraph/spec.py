@@ -176,7 +176,7 @@ OpList = Annotated[
 class EdgeSpec(_Strict):
     """mu_to += fn(combine(x_from...)): one parametrised prediction into ``to``."""
 
-    source: list[str] = Field(alias="from", description="Source node(s); several are combined.")
+    source: list[str] = Field(alias="from", min_length=1, description="Source node(s); several are combined.")
     to: str = Field(description="Target node: the node this edge predicts.")
     fn: OpList = Field(
         default_factory=lambda: [parse_op("identity")],

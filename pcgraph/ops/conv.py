@@ -40,9 +40,9 @@ class _Conv(Op):
         None, description="Output channels; default: the target node's first dimension.")
     in_channels: PositiveInt | None = Field(
         None, description="Input channels, checked against the input if given (default: inferred).")
-    kernel_size: PositiveInt = Field(3, description="Square kernel size k.")
-    stride: PositiveInt = Field(1, description="Stride s.")
-    padding: NonNegativeInt = Field(0, description="Zero padding p on each side.")
+    kernel_size: PositiveInt = Field(3, le=4096, description="Square kernel size k.")
+    stride: PositiveInt = Field(1, le=4096, description="Stride s.")
+    padding: NonNegativeInt = Field(0, le=4096, description="Zero padding p on each side.")
     bias: bool = Field(True, description="Add a learnt bias per output channel.")
     init: _Init = Field("torch", description="Weight initialisation (biases start at zero unless torch).")
 
@@ -85,7 +85,7 @@ class ConvTranspose2d(_Conv):
     """Transposed convolution (the adjoint of conv2d), e.g. k3 s2 p1 output_padding 1 doubles H, W."""
 
     kind = "conv_transpose2d"
-    output_padding: NonNegativeInt = Field(0, description="Extra rows/columns on one side of the output.")
+    output_padding: NonNegativeInt = Field(0, le=4096, description="Extra rows/columns on one side of the output.")
 
     def build(self, in_shape: Shape, target_shape: Shape) -> nn.Module:
         c_in, c_out = self._channels(in_shape, target_shape)
@@ -100,9 +100,9 @@ class ConvTranspose2d(_Conv):
 
 
 class _Pool(Op):
-    kernel_size: PositiveInt = Field(2, description="Square window size k.")
-    stride: PositiveInt | None = Field(None, description="Stride s; default: the kernel size.")
-    padding: NonNegativeInt = Field(0, description="Padding p on each side (at most k / 2).")
+    kernel_size: PositiveInt = Field(2, le=4096, description="Square window size k.")
+    stride: PositiveInt | None = Field(None, le=4096, description="Stride s; default: the kernel size.")
+    padding: NonNegativeInt = Field(0, le=4096, description="Padding p on each side (at most k / 2).")
 
     def _check(self, in_shape: Shape) -> int:
         _image(self.kind, in_shape, None)

@@ -6,7 +6,8 @@ metric as mean +- std over seeds (best test accuracy over the epochs for classif
 MSE per pixel for reconstruction), seconds per training epoch (the median over all epochs and
 seeds, so a one-time ``torch.compile`` in the first epoch does not count), parameters, inferred
 states per sample, and FLOPs per parameter update counted by ``torch.utils.flop_counter`` on one
-update (PC: the T inference steps included).
+update (PC: the T inference steps included), also divided by the batch size as in the notes'
+Table 1 (FLOPs per sample).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class BenchRow:
     params: int
     states_per_sample: int
     flops_per_update: int
+    batch_size: int = 1
     curves: list[list[float]] = field(default_factory=list)  # test metric per epoch, per seed
     time_ratio: float | None = None  # PC seconds / BP seconds (on PC rows)
 
@@ -98,7 +100,8 @@ def bench(specs: list[GraphSpec], seeds: int = 3, epochs: int | None = None, dat
                     seconds += result.epoch_seconds
                     curves.append([h[f"test_{result.metric}"] for h in result.history])
                 row = BenchRow(spec.name, method.upper(), result.metric, values, statistics.median(seconds),
-                               result.params, result.states_per_sample, flops_per_update(spec, method), curves)
+                               result.params, result.states_per_sample, flops_per_update(spec, method),
+                               spec.data.batch_size, curves)
                 by_method[method] = row
                 rows.append(row)
             if "pc" in by_method and "bp" in by_method:
@@ -116,11 +119,12 @@ def table(rows: list[BenchRow]) -> list[tuple[str, ...]]:
     """The rows as strings, in Table 1's columns."""
     return [(r.spec, r.method, ("acc " if r.metric == "accuracy" else "MSE ") + _metric(r), str(len(r.values)),
              f"{r.epoch_seconds:.2f}", f"{r.params:,}", f"{r.states_per_sample:,}" if r.method == "PC" else "-",
-             _flops(r.flops_per_update), "-" if r.time_ratio is None else f"{r.time_ratio:.2f}") for r in rows]
+             f"{_flops(r.flops_per_update)} ({_flops(r.flops_per_update // r.batch_size)})",
+             "-" if r.time_ratio is None else f"{r.time_ratio:.2f}") for r in rows]
 
 
 HEADER = ("spec", "method", "test metric (mean ± std)", "seeds", "s/epoch", "params", "states/sample",
-          "FLOPs/update", "PC/BP time")
+          "FLOPs/update (per sample)", "PC/BP time")
 
 
 def to_markdown(rows: list[BenchRow]) -> str:

@@ -95,7 +95,7 @@ class Gaussian(_Tagged):
 
     @model_validator(mode="after")
     def _one_of(self) -> Gaussian:
-        if self.covariance is not None and "precision" in self.model_fields_set:
+        if self.covariance is not None and self.precision != 1.0:  # 1.0: the default, as a dump writes it
             raise ValueError("give precision or covariance, not both")
         for name in ("precision", "covariance"):
             value = getattr(self, name)

@@ -44,7 +44,7 @@ def test_learnt_full_precision_is_positive_definite_for_any_parameters():
 
 def node_spec(energy, shape=(2,)):
     g = pcgraph.Graph("p")
-    g.node("a", 2, observed=True)
+    g.node("a", 2 if len(shape) == 1 else shape, observed=True)
     g.node("b", shape, observed=True, energy=energy)
     g.edge("a", "b", {"kind": "linear", "features": shape[-1]} if len(shape) == 1 else "identity")
     return g.spec()
@@ -66,6 +66,7 @@ def test_matrix_precision_in_a_graph_matches_the_closed_form():
     ({"kind": "gaussian", "precision": [[1.0, 0.5], [0.0, 1.0]]}, (2,), "symmetric"),
     ({"kind": "gaussian", "precision": [1.0, 2.0, 3.0]}, (2,), "expected 2 values per side"),
     ({"kind": "gaussian", "precision": [1.0, 2.0], "covariance": [1.0, 2.0]}, (2,), "not both"),
+    ({"kind": "gaussian", "precision": 3.0, "covariance": 2.0}, (2,), "not both"),
     ({"kind": "gaussian", "learn": "full"}, (2, 2), "1-D node"),
 ])
 def test_bad_precisions_name_the_field(energy, shape, words):

@@ -35,3 +35,9 @@ def test_bp_toy_pc_directions_approach_backprop_as_variance_grows(tmp_path):
     assert result["cosine"][50.0] > 0.99
     toy.plot(result, tmp_path / "toy.png")
     assert (tmp_path / "toy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_nonlinear_filter_tracks_the_unobserved_coordinate():
+    r = load("nonlinear_filter").main(length=80, plot=None)
+    assert r["rmse_x0"] < r["observation_noise_std"]  # better than reading the noisy observation
+    assert r["rmse_x1"] < 0.6 * r["std_x1"]  # x[1] is never observed: inferred from the dynamics

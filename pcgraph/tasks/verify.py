@@ -148,8 +148,9 @@ def with_output_precision(graph: CompiledGraph, batch: States, scale: float) -> 
         if graph.nodes[v].incoming:
             energy = nodes[v].energy
             if isinstance(energy, Categorical) or energy.scalar is None:
+                what = "is categorical" if isinstance(energy, Categorical) else "has a matrix or learnt precision"
                 raise SpecError("approx mode scales output precisions, so it needs gaussian outputs with a "
-                                f"fixed scalar precision; {v!r} has none (use --mode exact)", f"graph.nodes.{v}.energy")
+                                f"fixed scalar precision; {v!r} {what} (use --mode exact)", f"graph.nodes.{v}.energy")
             nodes[v] = nodes[v].model_copy(update={"energy": energy.model_copy(
                 update={"precision": energy.scalar * scale, "covariance": None})})
     spec = graph.spec.model_copy(update={"graph": graph.spec.graph.model_copy(update={"nodes": nodes})})

@@ -40,7 +40,8 @@ def cmd_schema(args) -> int:
 def cmd_show(args) -> int:
     spec, graph = _graph(args)
     clamped = {v for v, n in graph.nodes.items() if n.spec.role == "observed"}
-    node_rows = [(v, "x".join(map(str, n.shape)), n.spec.role, n.spec.energy.kind,
+    node_rows = [(v, "x".join(map(str, n.shape)), "previous step" if v in graph.delayed else n.spec.role,
+                  "-" if v in graph.delayed else n.spec.energy.kind,
                   "-" if v in clamped else f"{math.prod(n.shape):,}") for v, n in graph.nodes.items()]
     edge_rows = [(" + ".join(e.sources), e.target, " -> ".join(op.kind for op in spec.graph.edges[i].fn),
                   f"{sum(p.numel() for p in e.parameters()):,}") for i, e in enumerate(graph.edges)]

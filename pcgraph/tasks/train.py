@@ -157,7 +157,9 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
     if spec is None:
         raise UsageError("give a spec to train, or a run folder to resume")
     if spec.data is None:
-        raise SpecError("training needs a data section naming the input node", "data")
+        hint = "; a graph with delayed edges runs along sequences: use pcgraph filter" \
+            if any(e.delay for e in spec.graph.edges) else ""
+        raise SpecError("training needs a data section naming the input node" + hint, "data")
     dev = resolve_device(device)
     if epochs is not None and epochs < 1:
         raise UsageError(f"the number of epochs must be at least 1, got {epochs}")

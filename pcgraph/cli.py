@@ -187,36 +187,12 @@ def cmd_filter(args) -> int:
            [(r["method"], f"{r['state_rmse']:.4f}" if "state_rmse" in r else "-", f"{r['prediction_mse']:.4e}")
             for r in rows], sys.stderr if args.json else None)
     if args.plot:
-        _plot_tracks(tracks, truth, observations, args.plot)
+        from pcgraph._impl import plots
+
+        plots.tracks(tracks, truth, observations, args.plot)
     if args.json:
         print(json.dumps({"name": spec.name, "steps": length, "rows": rows}))
     return 0
-
-
-def _plot_tracks(tracks, truth, observations, path: str) -> None:
-    """The first two state coordinates over time (as a 2-D track), observations, estimates."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 5))
-    if truth is not None:
-        t = next(iter(truth.values()))[:, 0].reshape(len(next(iter(truth.values()))), -1)
-        ax.plot(t[:, 0], t[:, 1] if t.shape[1] > 1 else range(len(t)), "k-", lw=2, label="true state")
-    y = next(iter(observations.values()))[:, 0].reshape(len(next(iter(observations.values()))), -1)
-    if y.shape[1] >= 2:
-        ax.plot(y[:, 0], y[:, 1], ".", color="0.6", ms=4, label="observations")
-    for name, est in tracks.items():
-        est = est.reshape(len(est), -1)
-        ax.plot(est[:, 0], est[:, 1] if est.shape[1] > 1 else range(len(est)), "--" if name == "kalman" else "-",
-                lw=1.2, label=name)
-    ax.set_xlabel("state 0")
-    ax.set_ylabel("state 1")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def cmd_verify_bp(args) -> int:
@@ -251,7 +227,9 @@ def cmd_verify_bp(args) -> int:
         print(f"\nworst relative error {result.worst_rel_error:.3e} (tolerance {result.tol:g}): "
               + ("OK" if result.ok else "FAILED"))
     if args.plot:
-        _plot_sweep(result, args.plot)
+        from pcgraph._impl import plots
+
+        plots.bp_sweep(result, args.plot)
     if args.json:
         print(result.to_json())
     return 0 if result.ok else 1
@@ -269,30 +247,6 @@ def _data_batch(spec, graph, args, dtype):
     if d.target is not None:
         batch[d.target] = F.one_hot(y[: args.batch_size], graph.nodes[d.target].shape[0]).to(dtype)
     return batch
-
-
-def _plot_sweep(result, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if result.mode != "approx":
-        raise UsageError("--plot draws the approx-mode sweep; add --mode approx")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for t in sorted({r["steps"] for r in result.sweep}):
-        rows = [r for r in result.sweep if r["steps"] == t]
-        ax.loglog([r["scale"] for r in rows], [r["max_rel_error"] for r in rows], "o-", label=f"T = {t}")
-    ax.set_xlabel("output precision scale s")
-    ax.set_ylabel("max relative error of PC / s vs BP")
-    ax.legend()
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=120)
-    except OSError as err:
-        raise UsageError(f"cannot write the plot to {path!r}: {err.strerror or err}") from None
-    finally:
-        plt.close(fig)
 
 
 def _float_list(text: str) -> list[float]:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import nn
 
 from pcgraph.ops import Op, Shape, register_op
-from pcgraph.ops.linear import _INITS
+from pcgraph.ops.linear import initialise
 
 _Init = Literal["torch", "xavier_uniform", "xavier_normal", "kaiming_uniform", "zeros"]
 
@@ -58,14 +57,6 @@ class _Conv(Op):
         c_in, c_out = self._channels(in_shape, target_shape)
         return c_in * c_out * self.kernel_size ** 2 + (c_out if self.bias else 0)
 
-    def _init(self, layer: nn.Module) -> nn.Module:
-        if self.init != "torch":
-            with torch.no_grad():
-                _INITS[self.init](layer.weight)
-                if layer.bias is not None:
-                    layer.bias.zero_()
-        return layer
-
 
 @register_op
 class Conv2d(_Conv):
@@ -77,7 +68,8 @@ class Conv2d(_Conv):
         c_in, c_out = self._channels(in_shape, target_shape)
         for size, dim in ((in_shape[1], "height"), (in_shape[2], "width")):
             _window(self.kind, size, self.kernel_size, self.stride, self.padding, dim)
-        return self._init(nn.Conv2d(c_in, c_out, self.kernel_size, self.stride, self.padding, bias=self.bias))
+        layer = nn.Conv2d(c_in, c_out, self.kernel_size, self.stride, self.padding, bias=self.bias)
+        return initialise(layer, self.init)
 
 
 @register_op
@@ -96,7 +88,7 @@ class ConvTranspose2d(_Conv):
                 raise ValueError(f"padding {self.padding} leaves no output {dim} for input {dim} {size}")
         layer = nn.ConvTranspose2d(c_in, c_out, self.kernel_size, self.stride, self.padding,
                                    self.output_padding, bias=self.bias)
-        return self._init(layer)
+        return initialise(layer, self.init)
 
 
 class _Pool(Op):

@@ -55,9 +55,15 @@ class Linear(Op):
                 layer.weight.copy_(w)
                 if layer.bias is not None:
                     layer.bias.zero_()
-        elif self.init != "torch":
-            with torch.no_grad():
-                _INITS[self.init](layer.weight)
-                if layer.bias is not None:
-                    layer.bias.zero_()
-        return layer
+            return layer
+        return initialise(layer, self.init)
+
+
+def initialise(layer: nn.Module, init: str) -> nn.Module:
+    """Apply a named weight initialisation (``torch`` keeps PyTorch's own); biases start at zero."""
+    if init != "torch":
+        with torch.no_grad():
+            _INITS[init](layer.weight)
+            if layer.bias is not None:
+                layer.bias.zero_()
+    return layer

@@ -21,6 +21,25 @@ graph:
     - {from: h,     to: label, fn: [linear]}
 """
 
+# A small generative model of the embedded digits and its backprop autoencoder baseline.
+DIGITS_AE = """
+name: digits-ae
+graph:
+  nodes:
+    z: {shape: [8]}
+    h: {shape: [32]}
+    image: {shape: [64], role: observed}
+  edges:
+    - {from: z, to: h, fn: [linear, tanh]}
+    - {from: h, to: image, fn: [linear, relu]}
+inference: {steps: 10, optimizer: {kind: sgd, lr: 0.1, momentum: 0.25}}
+learning: {optimizer: {kind: adam, lr: 0.003}}
+bp:
+  encoder: {from: image, to: z, fn: [{kind: linear, features: 32}, tanh, linear, tanh]}
+data: {dataset: digits, input: image, target: null, batch_size: 50, normalize: unit}
+train: {epochs: 3, eval: inference}
+"""
+
 SMOOTH = ["tanh", "sigmoid", "gelu", "identity"]
 ALL_ACTIVATIONS = SMOOTH + ["relu", "leaky_relu"]
 

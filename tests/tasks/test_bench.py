@@ -7,24 +7,7 @@ import pytest
 import pcgraph
 from pcgraph.cli import main
 from pcgraph.tasks import bench
-
-AE = """
-name: ae
-graph:
-  nodes:
-    z: {shape: [4]}
-    h: {shape: [16]}
-    x: {shape: [64], role: observed}
-  edges:
-    - {from: z, to: h, fn: [linear, tanh]}
-    - {from: h, to: x, fn: [linear, relu]}
-inference: {steps: 5, optimizer: {kind: sgd, lr: 0.1}}
-learning: {optimizer: {kind: adam, lr: 0.003}}
-bp:
-  encoder: {from: x, to: z, fn: [{kind: linear, features: 16}, tanh, linear]}
-data: {dataset: digits, input: x, target: null, batch_size: 64, normalize: unit}
-train: {eval: inference}
-"""
+from tests.strategies import DIGITS_AE
 
 
 def test_flops_per_update_match_hand_counts():
@@ -49,7 +32,7 @@ def test_flops_per_update_match_hand_counts():
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
-    specs = [pcgraph.load_spec("specs/digits_mlp.yaml"), pcgraph.spec_from_yaml(AE)]
+    specs = [pcgraph.load_spec("specs/digits_mlp.yaml"), pcgraph.spec_from_yaml(DIGITS_AE)]
     out = tmp_path_factory.mktemp("runs")
     return bench.bench(specs, seeds=2, epochs=2, out=out, log=lambda s: None), out
 
@@ -57,24 +40,24 @@ def rows(tmp_path_factory):
 def test_rows_are_well_formed(rows):
     rows, out = rows
     assert [(r.spec, r.method, r.metric) for r in rows] == [
-        ("digits-mlp", "PC", "accuracy"), ("digits-mlp", "BP", "accuracy"), ("ae", "PC", "mse"), ("ae", "BP", "mse")]
+        ("digits-mlp", "PC", "accuracy"), ("digits-mlp", "BP", "accuracy"), ("digits-ae", "PC", "mse"), ("digits-ae", "BP", "mse")]
     for r in rows:
         assert len(r.values) == 2 and len(r.curves) == 2 and all(len(c) == 2 for c in r.curves)
         assert all(v == (max(c) if r.metric == "accuracy" else min(c)) for v, c in zip(r.values, r.curves))
         assert r.epoch_seconds > 0 and r.flops_per_update > 0 and r.std >= 0
         assert (r.time_ratio is not None) == (r.method == "PC")
     assert rows[0].mean > 0.5  # digits after 2 epochs, chance 0.1
-    assert rows[2].states_per_sample == 20 and rows[3].params == rows[2].params + 64 * 16 + 16 + 16 * 4 + 4
-    assert (out / "ae" / "pc-seed0" / "model.pt").is_file() and (out / "ae" / "bp-seed1" / "model.pt").is_file()
+    assert rows[2].states_per_sample == 40 and rows[3].params == rows[2].params + 64 * 32 + 32 + 32 * 8 + 8
+    assert (out / "digits-ae" / "pc-seed0" / "model.pt").is_file() and (out / "digits-ae" / "bp-seed1" / "model.pt").is_file()
     md = bench.to_markdown(rows).splitlines()
     assert len(md) == 2 + len(rows) and md[2].startswith("| digits-mlp | PC | acc ")
-    assert [d["spec"] for d in json.loads(bench.to_json(rows))] == ["digits-mlp", "digits-mlp", "ae", "ae"]
+    assert [d["spec"] for d in json.loads(bench.to_json(rows))] == ["digits-mlp", "digits-mlp", "digits-ae", "digits-ae"]
 
 
 def test_plot_and_reconstruction_grid(rows, tmp_path):
     rows, out = rows
     bench.plot(rows, tmp_path / "curves.png")
-    bench.reconstruction_grid(pcgraph.spec_from_yaml(AE), out, tmp_path / "grid.png", count=4)
+    bench.reconstruction_grid(pcgraph.spec_from_yaml(DIGITS_AE), out, tmp_path / "grid.png", count=4)
     for name in ("curves.png", "grid.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

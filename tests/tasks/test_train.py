@@ -7,6 +7,7 @@ import torch
 
 import pcgraph
 from pcgraph.tasks.train import train
+from tests.strategies import DIGITS_AE
 
 
 def quick_spec(**inference):
@@ -83,25 +84,6 @@ def test_evaluations_that_cannot_work_are_refused_up_front():
 def test_train_accuracy_is_reported_with_zero_init():
     spec = quick_spec(init="zeros")
     assert train(spec, epochs=1, progress=False, log=lambda s: None).train_accuracy > 0  # was 0: unmeasured
-
-
-DIGITS_AE = """
-name: digits-ae
-graph:
-  nodes:
-    z: {shape: [8]}
-    h: {shape: [32]}
-    image: {shape: [64], role: observed}
-  edges:
-    - {from: z, to: h, fn: [linear, tanh]}
-    - {from: h, to: image, fn: [linear, relu]}
-inference: {steps: 10, optimizer: {kind: sgd, lr: 0.1, momentum: 0.25}}
-learning: {optimizer: {kind: adam, lr: 0.003}}
-bp:
-  encoder: {from: image, to: z, fn: [{kind: linear, features: 32}, tanh, linear, tanh]}
-data: {dataset: digits, input: image, target: null, batch_size: 50, normalize: unit}
-train: {epochs: 3, eval: inference}
-"""
 
 
 def test_autoencoders_train_by_pc_and_by_backprop(tmp_path):

@@ -21,6 +21,11 @@ from pcgraph.errors import SpecError
 from pcgraph.spec import GraphSpec
 
 
+def root_latents(graph: CompiledGraph, data_node: str) -> list[str]:
+    """The nodes without incoming edges, other than the data node: a generative model's codes."""
+    return [v for v in graph.order if not graph.nodes[v].incoming and v != data_node]
+
+
 class Objective:
     """Classification or reconstruction of ``spec.data``; see the module docstring."""
 
@@ -39,7 +44,7 @@ class Objective:
         if not graph.nodes[d.input].incoming:
             raise SpecError(f"reconstruction needs the input {d.input!r} to be predicted by the graph "
                             "(a generative model with the pixels at a leaf)", "data.input")
-        self.roots = [v for v in graph.order if not graph.nodes[v].incoming and v != d.input]
+        self.roots = root_latents(graph, d.input)
 
     def batch(self, x: Tensor, y: Tensor, classes: int) -> States:
         """The clamped nodes of one training batch."""
@@ -93,7 +98,7 @@ class Backprop(nn.Module):
             raise SpecError("an encoder is for reconstruction specs (data.target: null)", "bp.encoder")
         if enc.source != [d.input]:
             raise SpecError(f"the encoder must read the data input {d.input!r}, got {enc.source}", "bp.encoder.from")
-        roots = [v for v in graph.order if not graph.nodes[v].incoming and v != d.input]
+        roots = root_latents(graph, d.input)
         if roots != [enc.to]:
             raise SpecError(f"the encoder must predict the graph's root latent {roots}, got {enc.to!r}",
                             "bp.encoder.to")

@@ -96,6 +96,7 @@ def run_sequence(graph: CompiledGraph, observations: dict[str, Tensor], solver: 
             raise SpecError(f"give {x!r} a covariance matrix (Q) so its precision can be set per step",
                             f"graph.nodes.{x}.energy")
         P = system.P0
+        obs_information = system.C.T @ torch.linalg.inv(system.R) @ system.C  # C^T R^-1 C, the same every step
         if mode == "steady_state":
             graph.precisions[x].set_(torch.linalg.inv(kalman.steady_state_prior(system)))
     estimates: dict[str, list[Tensor]] = {v: [] for v in graph.nodes if v not in graph.delayed}
@@ -103,8 +104,8 @@ def run_sequence(graph: CompiledGraph, observations: dict[str, Tensor], solver: 
     energy = []
     for t in range(length.pop()):
         if mode == "propagated":
-            P_prior = system.A @ P @ system.A.T + system.Q
-            graph.precisions[x].set_(torch.linalg.inv(P_prior))
+            prior_precision_t = torch.linalg.inv(system.A @ P @ system.A.T + system.Q)
+            graph.precisions[x].set_(prior_precision_t)
         with torch.no_grad():
             guess = graph.feedforward(dict(prev))[0]
         for v in observations:
@@ -116,8 +117,7 @@ def run_sequence(graph: CompiledGraph, observations: dict[str, Tensor], solver: 
         energy.append(r.energy[-1])
         prev = {p: r.states[s].detach() for p, s in graph.delayed.items()}
         if mode == "propagated":
-            info = torch.linalg.inv(P_prior) + system.C.T @ torch.linalg.inv(system.R) @ system.C
-            P = torch.linalg.inv(info)
+            P = torch.linalg.inv(prior_precision_t + obs_information)
     return SequenceResult({v: torch.stack(xs) for v, xs in estimates.items()},
                           {v: torch.stack(ps) for v, ps in predictions.items()}, torch.stack(energy))
 

@@ -191,7 +191,7 @@ def reconstruction_grid(spec: GraphSpec, run_root: str | Path, path: str | Path,
         run = folder / f"{method}-seed{spec.train.seed}" / "model.pt"
         if not run.is_file():
             continue
-        model = compile(spec) if method == "pc" else Backprop(spec, compile(spec))
+        model = graph if method == "pc" else Backprop(spec, compile(spec))  # the PC run fills `graph`
         model.load_state_dict(torch.load(run, map_location="cpu", weights_only=True))
         if method == "pc":
             with torch.enable_grad():

@@ -123,20 +123,23 @@ class CompiledGraph(nn.Module):
         their prior mean (or zeros)."""
         return self.feedforward(batch)[0]
 
-    def feedforward(self, batch: States, keep: frozenset[int] = frozenset()) -> tuple[States, dict]:
+    def feedforward(self, batch: States, keep: frozenset[int] = frozenset(),
+                    free: States | None = None) -> tuple[States, dict]:
         """:meth:`forward`, also returning ``{edge index: (output, tape)}`` for the edges in ``keep``
-        (the tape is what :mod:`pcgraph._impl.local` needs to differentiate the edge later)."""
+        (the tape is what :mod:`pcgraph._impl.local` needs to differentiate the edge later). A node in
+        ``free`` is partly given: its neurons where the mask is 1 are computed like any other node's."""
+        free = free or {}
         if not self.acyclic:
             raise SpecError("a feedforward pass needs an acyclic graph, and this one has a cycle", "graph.edges")
         self.require_time(batch)
         ref = next(iter(batch.values()))
         states, kept = dict(batch), {}
         for v in self.order:
-            if v in batch:
+            if v in batch and v not in free:
                 continue
             n = self.nodes[v]
             if not n.incoming:
-                states[v] = self.root_value(v, ref)
+                states[v] = self._given(v, self.root_value(v, ref), batch, free)
                 continue
             mu = None
             for i in n.incoming:
@@ -144,8 +147,12 @@ class CompiledGraph(nn.Module):
                 if i in keep:
                     kept[i] = (y, tape)
                 mu = y if mu is None else mu + y
-            states[v] = E.mean(n.spec.energy, mu)
+            states[v] = self._given(v, E.mean(n.spec.energy, mu), batch, free)
         return states, kept
+
+    @staticmethod
+    def _given(v: str, value: Tensor, batch: States, free: States) -> Tensor:
+        return torch.where(free[v] > 0, value, batch[v]) if v in free else value
 
     def root_value(self, node: str, like: Tensor, use_prior: bool = True) -> Tensor:
         """Initial value of an unclamped node: its prior mean (if any and asked for) or zeros."""
@@ -243,10 +250,7 @@ def compile(spec: GraphSpec, max_bytes: int | None = None) -> CompiledGraph:  # 
             problems.append((f"{path}.energy", "a categorical node must be a leaf (no outgoing "
                              f"edges); {v!r} feeds {sorted(set(g.successors(v)))}"))
     if spec.data is not None:
-        for field in ("input", "target"):
-            name = getattr(spec.data, field)
-            if name is not None and name not in body.nodes:
-                problems.append((f"data.{field}", f"unknown node {name!r} (known: {known})"))
+        problems += _data_problems(spec.data, body.nodes)
     if problems:
         raise SpecError(problems)
 
@@ -268,6 +272,36 @@ def compile(spec: GraphSpec, max_bytes: int | None = None) -> CompiledGraph:  # 
         for v, n in all_nodes.items()
     }
     return CompiledGraph(spec, nodes, order, edges, acyclic, node_precisions(body.nodes), delayed)
+
+
+def _data_problems(data, nodes: dict[str, NodeSpec]) -> list[tuple[str, str]]:
+    """The data section's node references: known nodes, neuron ranges inside them, ``complete``
+    inside ``input``, ``input`` and ``target`` not overlapping."""
+    out, spans = [], {}
+    for field in ("input", "target", "complete"):
+        ref = data.ref(field)
+        if ref is None:
+            continue
+        if ref.node not in nodes:
+            out.append((f"data.{field}", f"unknown node {ref.node!r} (known: {', '.join(nodes)})"))
+            continue
+        size = math.prod(nodes[ref.node].shape)
+        r = ref.neurons or slice(0, size)
+        if r.stop > size:
+            out.append((f"data.{field}", f"{getattr(data, field)} is out of range: {ref.node!r} has {size} "
+                        f"neurons (0..{size - 1})"))
+        spans[field] = (ref.node, r)
+    if "input" in spans and "target" in spans:
+        (a, x), (b, y) = spans["input"], spans["target"]
+        if a == b and x.start < y.stop and y.start < x.stop:
+            out.append(("data.target", f"{data.target} overlaps the input {data.input}: give them disjoint ranges"))
+    if "complete" in spans and "input" in spans:
+        (a, x), (b, y) = spans["input"], spans["complete"]
+        if a != b or y.start < x.start or y.stop > x.stop:
+            out.append(("data.complete", f"{data.complete} must be a range inside the input {data.input}"))
+        elif y.start == x.start and y.stop == x.stop:
+            out.append(("data.complete", "hiding the whole input leaves nothing to complete from"))
+    return out
 
 
 class _Budget:
@@ -298,10 +332,12 @@ def build_edge(e, nodes: dict[str, NodeSpec], path: str, budget: _Budget | None 
     x = combine(e.combine, [torch.zeros(2, *s) for s in shapes])
     modules = []
     for k, op in enumerate(e.fn):
-        op: Op
+        op: Op = op.for_edge(same_node=e.source == [e.to])
         in_shape = tuple(x.shape[1:])
         try:
             count = op.param_count(in_shape, target)
+        except SpecError:
+            count = 0  # build() below raises it again, with the path
         except (ValueError, IndexError):
             count = 0  # build() below says what is wrong
         budget.take(4 * 3 * count, f"{path}.fn[{k}]", f"op {op.kind!r}")
@@ -309,6 +345,9 @@ def build_edge(e, nodes: dict[str, NodeSpec], path: str, budget: _Budget | None 
             m = op.build(in_shape, target)
             with torch.no_grad():
                 x = m(x)
+        except SpecError as err:  # the op names its own field
+            raise SpecError([(f"{path}.fn[{k}].{p}" if p else f"{path}.fn[{k}]", msg)
+                             for p, msg in err.problems]) from None
         except (RuntimeError, ValueError, IndexError, TypeError, OverflowError) as err:
             first = str(err).strip().splitlines()[0]
             raise SpecError(f"op {op.kind!r} cannot take input of shape {list(in_shape)}: {first}",

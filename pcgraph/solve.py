@@ -18,7 +18,10 @@ one extra pass of weight-gradient products and nothing else.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -39,6 +42,19 @@ from pcgraph.compile import CompiledGraph, States
 from pcgraph.errors import DivergenceError, SpecError
 from pcgraph.optim import StateAdam, StateSGD, state_optimizer
 from pcgraph.spec import SGD, GraphSpec
+
+
+class Clamp(NamedTuple):
+    """A batch entry that clamps only some neurons of a node: ``values`` (B, *shape) gives the
+    node's values, ``index`` picks the clamped neurons (a slice, a list or tensor of indices, or a
+    boolean mask, over the node's flattened neurons). The other neurons are inferred, starting where
+    the solver's ``init`` puts them::
+
+        solver.relax(graph, {"x": Clamp(x, slice(0, 64))})  # neurons 0..63 are the pixels
+    """
+
+    values: Tensor
+    index: slice | Sequence[int] | Tensor
 
 
 @dataclass
@@ -98,9 +114,9 @@ class Solver:
 
     def relax(self, graph: CompiledGraph, batch: States, init: States | None = None,
               weight_optimizer: torch.optim.Optimizer | None = None) -> Relaxation:
-        """Infer every node not in ``batch``; ``init`` optionally gives starting states (warm
-        start). With ``weight_optimizer`` the parameters learn too: after relaxation (standard,
-        exact) or after every step (incremental)."""
+        """Infer every node not in ``batch`` (and the free neurons of :class:`Clamp` entries);
+        ``init`` optionally gives starting states (warm start). With ``weight_optimizer`` the
+        parameters learn too: after relaxation (standard, exact) or after every step (incremental)."""
         return self._run(graph, batch, init, weight_optimizer, False)[0]
 
     def gradients(self, graph: CompiledGraph, batch: States) -> tuple[Relaxation, dict[str, Tensor]]:
@@ -110,13 +126,13 @@ class Solver:
         return relaxation, {name: grads.get(p, torch.zeros_like(p)) for name, p in graph.named_parameters()}
 
     def _run(self, graph, batch, init, weight_optimizer, want_grads):
-        b = _check_batch(graph, batch)
-        plan = Plan(graph, set(batch))
+        b, batch, free = _check_batch(graph, batch)
+        plan = Plan(graph, set(batch) - set(free), free)
         exact = self.variant == "exact"
         use_local = self.local_rules and local.supported(graph)
-        if exact and not (graph.acyclic and use_local):
-            raise SpecError("the exact variant needs an acyclic graph whose ops all have local rules",
-                            "learning.variant")
+        if exact and not (graph.acyclic and use_local and not free):
+            raise SpecError("the exact variant needs an acyclic graph whose ops all have local rules, with "
+                            "whole nodes clamped", "learning.variant")
         incremental = weight_optimizer is not None and self.variant == "incremental"
         with torch.no_grad():
             states, const, predicted = self._initial_states(graph, batch, plan, None if exact else init)
@@ -136,7 +152,8 @@ class Solver:
             trace, gp, steps = self._stepwise(graph, plan, states, const, grads_fn, params, weight_optimizer, b,
                                               learn_now)
         else:  # fixed T and no host sync: one function, compiled when asked for
-            loop = self._compiled(graph, plan, b) if (self.compile and use_local) else fixed_loop
+            loop = self._compiled(graph, plan, b) if (self.compile and use_local and _compilable(graph, plan)) \
+                else fixed_loop
             trace, gp = loop(grads_fn, self.optimizer, graph, plan, states, const, self.steps, learn_now, params)
             steps = self.steps if plan.relaxed else 0
         energy = torch.stack(trace) + fixed
@@ -169,7 +186,7 @@ class Solver:
                 with torch.no_grad():
                     const = constant_edges(graph, plan, states)
             with torch.no_grad():
-                self.optimizer.step(xs, [gx.get(v) for v in plan.relaxed], buffers)
+                self.optimizer.step(xs, plan.step_grads(gx), buffers)
             steps += 1
             if self.tol is not None and steps % self.check_every == 0 and self._converged(gx, plan, b):
                 break
@@ -209,10 +226,12 @@ class Solver:
         predicted: States = {}
         if (self.init == "forward" or self.variant == "exact") and init is None:
             # clamped leaves are left out of the pass so it predicts them too (one edge each)
-            out = {v for v in batch if graph.nodes[v].incoming and not graph.nodes[v].outgoing}
+            out = {v for v in batch if graph.nodes[v].incoming and not graph.nodes[v].outgoing and v not in plan.free}
             out = out if len(out) < len(batch) else set()
             every = frozenset(range(len(graph.edges)))
-            states, kept = graph.feedforward({v: x for v, x in batch.items() if v not in out}, every)
+            given = {v: x for v, x in batch.items() if v not in out}
+            states, kept = graph.feedforward(given, every, plan.free)
+            batch = {v: x for v, x in batch.items() if v not in plan.free}  # now set by the pass
             predicted = {v: states[v] for v in out}
             states.update(batch)
             for i in every - kept.keys():  # edges into clamped nodes
@@ -225,21 +244,26 @@ class Solver:
             if missing:
                 raise KeyError(f"init gives no starting state for {missing}; give every inferred node")
             for v in plan.relaxed:
-                states[v] = init[v] if init is not None else graph.root_value(v, ref, self.init == "prior")
+                start = init[v] if init is not None else graph.root_value(v, ref, self.init == "prior")
+                states[v] = start if v not in plan.free else torch.where(plan.free[v] > 0, start, batch[v])
             const = constant_edges(graph, plan, states)
         states = {v: x.detach().clone() if v in plan.relaxed else x for v, x in states.items()}
         return states, const, predicted
 
     def _converged(self, gx: States, plan: Plan, b: int) -> bool:
-        sq = sum(g.reshape(b, -1).square().sum(1) for v in plan.relaxed if (g := gx.get(v)) is not None)
+        sq = sum(g.reshape(b, -1).square().sum(1) for g in plan.step_grads(gx) if g is not None)
         return bool(torch.as_tensor(sq).max() <= self.tol**2)
 
 
-def _check_batch(graph: CompiledGraph, batch: States) -> int:
+def _check_batch(graph: CompiledGraph, batch: dict) -> tuple[int, States, States]:
+    """(batch size, {node: values}, {partly clamped node: mask of its free neurons, (1, *shape)})."""
     if not batch:
         raise ValueError("the batch is empty: give at least one node's values")
-    sizes = set()
+    sizes, values, free = set(), {}, {}
     for v, x in batch.items():
+        if isinstance(x, Clamp):
+            x, free[v] = x.values, _free_mask(graph, v, x)
+        values[v] = x
         if v not in graph.nodes:
             raise KeyError(f"batch names unknown node {v!r} (known: {', '.join(graph.nodes)})")
         if tuple(x.shape[1:]) != graph.nodes[v].shape:
@@ -248,8 +272,23 @@ def _check_batch(graph: CompiledGraph, batch: States) -> int:
         sizes.add(x.shape[0])
     if len(sizes) > 1:
         raise ValueError(f"batch tensors disagree on the batch size: {sorted(sizes)}")
-    graph.require_time(batch)
-    return sizes.pop()
+    graph.require_time(values)
+    return sizes.pop(), values, free
+
+
+def _free_mask(graph: CompiledGraph, node: str, clamp: Clamp) -> Tensor:
+    shape = graph.nodes[node].shape if node in graph.nodes else tuple(clamp.values.shape[1:])
+    clamped = torch.zeros(math.prod(shape), dtype=torch.bool, device=clamp.values.device)
+    try:
+        clamped[clamp.index if isinstance(clamp.index, slice) else torch.as_tensor(clamp.index)] = True
+    except (IndexError, TypeError, RuntimeError) as err:
+        raise ValueError(f"Clamp index for node {node!r} does not fit its {math.prod(shape)} neurons: {err}") from None
+    return (~clamped).reshape(1, *shape).to(clamp.values.dtype)
+
+
+def _compilable(graph: CompiledGraph, plan: Plan) -> bool:
+    """torch.compile takes dense ops and whole-node clamps (sparse tensors and masks stay eager)."""
+    return not plan.free and not any(local._has_own(m) for e in graph.edges for m in e.pipeline)
 
 
 def _divergence(graph: CompiledGraph, states: States, energy: Tensor, phase: str, opt) -> DivergenceError:

@@ -9,8 +9,9 @@ rejects duplicate keys, and turns pydantic's errors into one :class:`SpecError` 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
@@ -303,23 +304,63 @@ class Standardize(_Strict):
     std: list[PositiveFloat] = Field(min_length=1, description="Per-channel standard deviations.")
 
 
+class NodeRef(NamedTuple):
+    """``node`` or ``node[start:stop]``: a node, or a range of its (flattened) neurons."""
+
+    node: str
+    neurons: slice | None
+
+    @classmethod
+    def parse(cls, text: str) -> NodeRef:
+        m = _REF.fullmatch(text)
+        if m is None:
+            raise ValueError(f"expected a node name or node[start:stop], got {text!r}")
+        if m["start"] is None:
+            return cls(m["node"], None)
+        start, stop = int(m["start"]), int(m["stop"])
+        if stop <= start:
+            raise ValueError(f"expected start < stop in {text!r}")
+        return cls(m["node"], slice(start, stop))
+
+
+_REF = re.compile(r"(?P<node>[^\[\]]+?)(\[\s*(?P<start>\d+)\s*:\s*(?P<stop>\d+)\s*\])?")
+
+
 class DataSpec(_Strict):
-    """The data set and which nodes it is clamped to. With a ``target`` the task is classification
-    (one-hot labels clamped to the target, metric: test accuracy); without one (``target: null``)
-    it is reconstruction of the input (metric: test mean squared error per pixel)."""
+    """The data set and which nodes (or neuron ranges, ``x[0:64]``) it is clamped to. With a
+    ``target`` the task is classification (one-hot labels clamped to the target, metric: test
+    accuracy); without one (``target: null``) it is reconstruction of the input (metric: test mean
+    squared error per pixel). With ``complete`` it is completion: at test time those input neurons
+    are hidden, inferred, and scored by their mean squared error (an associative memory)."""
 
     dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10"] = Field(
         description="digits: scikit-learn's embedded 8x8 digits; mnist, fashion_mnist: 28x28; "
         "cifar10: 3x32x32 colour images."
     )
-    input: str = Field("image", description="Node the images are clamped to.")
-    target: str | None = Field("label", description="Node the one-hot labels are clamped to; null: reconstruction.")
+    input: str = Field("image", description="Node (or node[start:stop]) the images are clamped to.")
+    target: str | None = Field(
+        "label", description="Node (or node[start:stop]) the one-hot labels are clamped to; null: reconstruction.")
+    complete: str | None = Field(
+        None, description="Input neurons hidden at test time, inferred and scored by MSE, e.g. x[32:64].")
     batch_size: PositiveInt = Field(128, description="Training batch size.")
     test_batch_size: PositiveInt = Field(1000, description="Evaluation batch size.")
     normalize: Literal["unit", "center"] | Standardize = Field(
         "center", description="unit: pixels in [0, 1]; center: (x - 0.5) / 0.5 in [-1, 1]; or "
         "{mean: [...], std: [...]} per channel."
     )
+
+
+    @field_validator("input", "target", "complete")
+    @classmethod
+    def _reference(cls, v: str | None) -> str | None:
+        if v is not None:
+            NodeRef.parse(v)
+        return v
+
+    def ref(self, field: str) -> NodeRef | None:
+        """``input``, ``target`` or ``complete`` as a :class:`NodeRef` (None when not set)."""
+        value = getattr(self, field)
+        return None if value is None else NodeRef.parse(value)
 
 
 class TrainSpec(_Strict):

@@ -24,10 +24,10 @@ _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 
 
 def supported(graph) -> bool:
-    """True when every module of every edge has a closed-form VJP here (and no node has a matrix
-    or learnt precision: those go through autograd)."""
+    """True when every module of every edge has a closed-form VJP here or its own ``local_vjp``
+    (and no node has a matrix or learnt precision: those go through autograd)."""
     return not len(graph.precisions) and all(
-        isinstance(m, (*_WEIGHTED, *_POOLS, *_ELEMENTWISE))
+        (isinstance(m, (*_WEIGHTED, *_POOLS, *_ELEMENTWISE)) or _has_own(m))
         and not (isinstance(m, nn.GELU) and m.approximate != "none")
         and not (isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.padding_mode != "zeros")
         for e in graph.edges for m in e.pipeline
@@ -57,8 +57,15 @@ def edge_forward(edge, states: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]
     return x, tape
 
 
+def _has_own(m: nn.Module) -> bool:
+    """A module may bring its own rule: ``local_vjp(x, g, grads, need_input)`` (e.g. the sparse op)."""
+    return callable(getattr(m, "local_vjp", None))
+
+
 def _vjp(m: nn.Module, x: Tensor, g: Tensor, grads: dict | None, need_input: bool = True) -> Tensor | None:
     """g * dm(x)/dx for one module; with ``grads`` also accumulates its parameter gradients."""
+    if _has_own(m):
+        return m.local_vjp(x, g, grads, need_input)
     if isinstance(m, nn.Linear):
         if grads is not None:  # (out, B) @ (B, in) -> (out, in)
             g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
@@ -116,7 +123,7 @@ def edge_backward(edge, tape: list[Tensor], g: Tensor, grads: dict | None = None
     n_src = len(edge.sources)
     mods = list(zip(edge.pipeline, tape[n_src:]))
     for k in range(len(mods) - 1, -1, -1):
-        if not need_inputs and not any(isinstance(m, _WEIGHTED) for m, _ in mods[:k + 1]):
+        if not need_inputs and not any(isinstance(m, _WEIGHTED) or _has_own(m) for m, _ in mods[:k + 1]):
             return None  # nothing left that holds parameters
         g = _vjp(mods[k][0], mods[k][1], g, grads, need_inputs or k > 0)
     if not need_inputs:

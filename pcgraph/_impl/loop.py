@@ -19,11 +19,12 @@ from pcgraph.compile import CompiledGraph, States
 class Plan:
     """Which nodes are relaxed, which edges are constant and which energy terms the loop needs."""
 
-    def __init__(self, graph: CompiledGraph, clamped: set[str]):
+    def __init__(self, graph: CompiledGraph, clamped: set[str], free: States | None = None):
         nodes = graph.nodes
-        free = [v for v in graph.order if v not in clamped]
-        self.leaves = [v for v in free if nodes[v].incoming and not nodes[v].outgoing]
-        self.relaxed = [v for v in free if v not in self.leaves]
+        self.free = free or {}  # partly clamped nodes: {node: 1 at inferred neurons, 0 at clamped ones}
+        unclamped = [v for v in graph.order if v not in clamped]
+        self.leaves = [v for v in unclamped if nodes[v].incoming and not nodes[v].outgoing and v not in self.free]
+        self.relaxed = [v for v in unclamped if v not in self.leaves]
         relaxed = set(self.relaxed)
         self.const_edges = frozenset(
             i for i, e in enumerate(graph.edges) if all(s in clamped for s in e.sources))
@@ -32,6 +33,11 @@ class Plan:
             s in relaxed for i in nodes[v].incoming for s in graph.edges[i].sources)]
         self.fixed_terms = [v for v in energetic if v not in self.terms]
         self.clamped = clamped
+
+    def step_grads(self, gx: States) -> list:
+        """dE/dx of the relaxed nodes, in order, zero at the clamped neurons of partly clamped nodes."""
+        return [g * self.free[v] if g is not None and v in self.free else g
+                for v, g in ((v, gx.get(v)) for v in self.relaxed)]
 
     def schedule(self, graph: CompiledGraph, steps: int, cached: frozenset[int], fresh: bool,
                  fixed_prediction: bool = False) -> list:
@@ -54,7 +60,7 @@ class Plan:
                                   and (i not in cached or any(s in moved for s in edges[i].sources)))
             if fixed_prediction:
                 recompute = frozenset()
-            terms = [v for v in self.terms if v in self.clamped or v in moved or not nodes[v].incoming
+            terms = [v for v in self.terms if v in self.clamped or v in self.free or v in moved or not nodes[v].incoming
                      or any(i in recompute for i in nodes[v].incoming)]
             out.append((terms, recompute))
             for v in terms:  # the nodes these errors push move from the next step on
@@ -75,7 +81,7 @@ def fixed_loop(grads_fn, optimizer, graph, plan, states, const, steps, learn, pa
         e, gx, _ = grads_fn(graph, plan, states, const, terms, False, params, recompute=recompute)
         trace.append(e)
         with torch.no_grad():  # a node with no gradient yet has not moved: no update at all
-            optimizer.step(xs, [gx.get(v) for v in plan.relaxed], buffers)
+            optimizer.step(xs, plan.step_grads(gx), buffers)
     return finish(grads_fn, graph, plan, states, const, learn, params, trace, *schedule[-1])
 
 

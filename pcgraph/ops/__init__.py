@@ -33,6 +33,11 @@ class Op(BaseModel):
         """
         raise NotImplementedError
 
+    def for_edge(self, same_node: bool) -> Op:
+        """This op as used on one edge; ``same_node``: the edge maps a node to itself (a neuron-level
+        op numbers neurons differently then). Most ops ignore it and return ``self``."""
+        return self
+
     @property
     def has_params(self) -> bool:
         return False
@@ -99,4 +104,4 @@ def op_json_schema() -> dict:
 __all__ = ["OPS", "Op", "Shape", "ValidationError", "op_json_schema", "parse_op", "register_op"]
 
 # Built-in ops register themselves on import.
-from pcgraph.ops import activation, conv, linear, shape  # noqa: E402,F401
+from pcgraph.ops import activation, conv, linear, shape, sparse  # noqa: E402,F401

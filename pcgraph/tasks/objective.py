@@ -8,9 +8,17 @@ baseline of a spec.
   inferred the same way and the image is decoded from the *root* latents alone by a feedforward
   pass, so the score, MSE = mean_{samples, pixels} (x - x_hat)^2, measures the code's quality as an
   autoencoder's does (and not the intermediate states' freedom to fit the pixels).
+* Completion (``data.complete`` set, e.g. ``x[32:64]``): training clamps the input (and the target,
+  if any); at test time the ``complete`` neurons of the input are hidden, inferred with the rest of
+  the graph, and scored by their MSE: the graph as an associative memory.
+
+``input`` and ``target`` may name a range of a node's neurons (``x[0:64]``, ``x[64:74]``): only
+those neurons are clamped (:class:`pcgraph.solve.Clamp`), the rest of the node is inferred.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +26,8 @@ from torch import Tensor, nn
 
 from pcgraph.compile import CompiledGraph, States, build_edge
 from pcgraph.errors import SpecError
-from pcgraph.spec import GraphSpec
+from pcgraph.solve import Clamp
+from pcgraph.spec import GraphSpec, NodeRef
 
 
 def root_latents(graph: CompiledGraph, data_node: str) -> list[str]:
@@ -27,18 +36,25 @@ def root_latents(graph: CompiledGraph, data_node: str) -> list[str]:
 
 
 class Objective:
-    """Classification or reconstruction of ``spec.data``; see the module docstring."""
+    """Classification, reconstruction or completion of ``spec.data``; see the module docstring."""
 
     def __init__(self, spec: GraphSpec, graph: CompiledGraph):
         d = spec.data
         if d is None:
             raise SpecError("training needs a data section naming the input node", "data")
-        self.spec, self.input, self.target = spec, d.input, d.target
-        self.classify = d.target is not None
+        self.spec = spec
+        self.input_ref, self.target_ref, self.hidden = d.ref("input"), d.ref("target"), d.ref("complete")
+        self.input = self.input_ref.node
+        self.target = self.target_ref.node if self.target_ref else None
+        self.shapes = {v: graph.nodes[v].shape for v in graph.nodes}
+        self.classify = d.target is not None and d.complete is None
         self.metric = "accuracy" if self.classify else "mse"
         self.higher_is_better = self.classify
-        if self.classify:
+        if self.classify or self.hidden is not None:
             return
+        if self.input_ref.neurons is not None:
+            raise SpecError("reconstruction decodes a whole node; for part of one use data.complete",
+                            "data.input")
         if not graph.acyclic:
             raise SpecError("reconstruction decodes by a feedforward pass and needs an acyclic graph", "graph.edges")
         if not graph.nodes[d.input].incoming:
@@ -46,11 +62,41 @@ class Objective:
                             "(a generative model with the pixels at a leaf)", "data.input")
         self.roots = root_latents(graph, d.input)
 
-    def batch(self, x: Tensor, y: Tensor, classes: int) -> States:
-        """The clamped nodes of one training batch."""
-        if not self.classify:
-            return {self.input: x}
-        return {self.input: x, self.target: F.one_hot(y, classes).to(x.dtype)}
+    def batch(self, x: Tensor, y: Tensor, classes: int) -> dict:
+        """The clamped nodes of one training batch (:class:`Clamp` entries for neuron ranges)."""
+        parts = [(self.input_ref, x)]
+        if self.target_ref is not None:
+            parts.append((self.target_ref, F.one_hot(y, classes).to(x.dtype)))
+        return self._clamp(parts)
+
+    def test_batch(self, x: Tensor) -> dict:
+        """The input alone, less the hidden neurons when completing."""
+        return self._clamp([(self.input_ref, x)], self.hidden)
+
+    def _clamp(self, parts: list[tuple[NodeRef, Tensor]], hide: NodeRef | None = None) -> dict:
+        out, ranges = {}, {}
+        for ref, values in parts:
+            if ref.neurons is None and hide is None:
+                out[ref.node] = values
+                continue
+            full = out.get(ref.node)
+            if full is None:
+                full = values.new_zeros(len(values), math.prod(self.shapes[ref.node]))
+            r = ref.neurons or slice(0, full.shape[1])
+            full[:, r] = values.reshape(len(values), -1)
+            out[ref.node] = full
+            ranges.setdefault(ref.node, []).append(torch.arange(r.start, r.stop))
+        for v, pieces in ranges.items():
+            index = torch.cat(pieces)
+            if hide is not None and hide.node == v:
+                index = index[(index < hide.neurons.start) | (index >= hide.neurons.stop)]
+            out[v] = Clamp(out[v].reshape(-1, *self.shapes[v]), index)
+        return out
+
+    @staticmethod
+    def _read(states: States, ref: NodeRef) -> Tensor:
+        x = states[ref.node]
+        return x if ref.neurons is None else x.reshape(len(x), -1)[:, ref.neurons]
 
     @torch.no_grad()
     def evaluate(self, graph: CompiledGraph, solver, x: Tensor, y: Tensor, baseline: Backprop | None = None) -> float:
@@ -62,11 +108,16 @@ class Objective:
             if baseline is not None:
                 out = baseline.predict(xb)
             elif self.classify and self.spec.train.eval == "feedforward":
-                out = graph({self.input: xb})[self.target]
+                out = self._read(graph({self.input: xb}), self.target_ref)
             else:
                 with torch.enable_grad():
-                    states = solver.relax(graph, {self.input: xb}).states
-                out = states[self.target] if self.classify else self.decode(graph, states)
+                    states = solver.relax(graph, self.test_batch(xb)).states
+                if self.hidden is not None:  # MSE per hidden neuron
+                    start = self.hidden.neurons.start - (self.input_ref.neurons or slice(0, 0)).start
+                    truth = xb.reshape(len(xb), -1)[:, start: start + self.hidden.neurons.stop - self.hidden.neurons.start]
+                    total += float(((self._read(states, self.hidden) - truth) ** 2).mean(1).sum())
+                    continue
+                out = self._read(states, self.target_ref) if self.classify else self.decode(graph, states)
             if self.classify:
                 total += float((out.argmax(1) == yb).sum())
             else:

@@ -62,7 +62,8 @@ class TrainResult:
 
 def prepare(data: Dataset, spec: DataSpec, graph: CompiledGraph, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Normalise the images and shape them to the input node: (N, *input_shape) on ``device``."""
-    shape = graph.nodes[spec.input].shape
+    ref, target = spec.ref("input"), spec.ref("target")
+    shape = graph.nodes[ref.node].shape if ref.neurons is None else (ref.neurons.stop - ref.neurons.start,)
     norm = spec.normalize
     if isinstance(norm, Standardize):
         channels = data.x_train.shape[1] if data.x_train.dim() == 4 else 1
@@ -72,7 +73,7 @@ def prepare(data: Dataset, spec: DataSpec, graph: CompiledGraph, device) -> tupl
     out = []
     for x in (data.x_train, data.x_test):
         if x[0].numel() != math.prod(shape):
-            raise SpecError(f"node {spec.input!r} has shape {list(shape)} ({math.prod(shape)} values) but "
+            raise SpecError(f"{spec.input!r} has shape {list(shape)} ({math.prod(shape)} values) but "
                             f"{data.name} images have {list(x.shape[1:])}", "data.input")
         if isinstance(norm, Standardize):  # (N, C, pixels) per channel
             c = len(norm.mean)
@@ -80,9 +81,11 @@ def prepare(data: Dataset, spec: DataSpec, graph: CompiledGraph, device) -> tupl
             x = (x - torch.tensor(norm.mean).reshape(1, c, 1)) / torch.tensor(norm.std).reshape(1, c, 1)
         x = x.reshape(len(x), *shape)
         out.append((x - 0.5) / 0.5 if norm == "center" else x)
-    if spec.target is not None and graph.nodes[spec.target].shape != (data.num_classes,):
-        raise SpecError(f"node {spec.target!r} must have shape [{data.num_classes}] for one-hot "
-                        f"labels, got {list(graph.nodes[spec.target].shape)}", "data.target")
+    if target is not None:
+        got = graph.nodes[target.node].shape if target.neurons is None else (target.neurons.stop - target.neurons.start,)
+        if got != (data.num_classes,):
+            raise SpecError(f"{spec.target!r} must have {data.num_classes} neurons ([{data.num_classes}]) for "
+                            f"one-hot labels, got shape {list(got)}", "data.target")
     return out[0].to(device), data.y_train.to(device), out[1].to(device), data.y_test.to(device)
 
 
@@ -168,14 +171,16 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
     task = Objective(spec, graph)
     d = spec.data
     extra_pass = False
+    # train accuracy scores feedforward predictions: for acyclic graphs with whole input and target nodes
+    scored = task.classify and graph.acyclic and task.input_ref.neurons is None and task.target_ref.neurons is None
     if task.classify:
-        target = graph.nodes[d.target]
+        target = graph.nodes[task.target]
         if spec.train.eval == "feedforward" and not target.incoming:
             raise SpecError(f"the target {d.target!r} has no incoming edges, so a feedforward pass cannot "
                             "predict it; use train.eval: inference", "train.eval")
         # train accuracy scores feedforward predictions; forward init makes them for a leaf target for free
         forward_init = spec.inference.init == "forward" or spec.learning.variant == "exact"
-        extra_pass = graph.acyclic and not (forward_init and not target.outgoing)
+        extra_pass = scored and not (forward_init and not target.outgoing)
     solver = Solver.from_spec(spec)
     baseline = Backprop(spec, graph).to(dev) if method == "bp" else None
     model = baseline if baseline is not None and baseline.encoder is not None else graph  # trained, saved
@@ -187,7 +192,7 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
                "slightly from the original)" if (Path(data.source) / "train").is_dir() else ""
         log(f"data: {d.dataset}, {len(data.y_train):,} train / {len(data.y_test):,} test images from {data.source}{note}")
     x_train, y_train, x_test, y_test = prepare(data, d, graph, dev)
-    classes = graph.nodes[d.target].shape[0] if task.classify else 0
+    classes = data.num_classes if task.target is not None else 0
     gen = torch.Generator().manual_seed(spec.train.seed)
     n_epochs = (saved["epochs"] if saved else spec.train.epochs) if epochs is None else epochs
     per_epoch = -(-len(x_train) // d.batch_size)
@@ -204,7 +209,7 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
         first_epoch, position, partial = saved["epoch"] + 1, saved["position"], saved["partial"]
         perm = saved["perm"].to(dev) if saved["perm"] is not None else None
     out = Path(out) if out is not None else None
-    columns = ("epoch", "energy", *(("train_accuracy",) if task.classify else ()), f"test_{task.metric}",
+    columns = ("epoch", "energy", *(("train_accuracy",) if scored else ()), f"test_{task.metric}",
                "seconds", "skipped_batches")
     if out is not None and saved is None:
         try:
@@ -241,10 +246,10 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
                                 predicted = graph({d.input: batch[d.input]})[d.target]
                         r = solver.step(graph, batch, optimizer)
                         energy += r.energy[-1]
-                        predicted = r.predicted.get(d.target, predicted)
+                        predicted = r.predicted.get(d.target, predicted) if scored else None
                     else:
                         predicted = None
-                        if task.classify:
+                        if scored:
                             with torch.no_grad():
                                 predicted = graph({d.input: batch[d.input]})[d.target]
                         energy += baseline.step(batch, optimizer) * len(idx)
@@ -267,12 +272,12 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
             seconds = time.perf_counter() - start
             test = task.evaluate(graph, solver, x_test, y_test, baseline)
             row = {"epoch": epoch, "energy": float(energy) / max(seen, 1)}
-            if task.classify:
+            if scored:
                 row["train_accuracy"] = float(correct) / max(seen, 1)
             row |= {f"test_{task.metric}": test, "seconds": seconds, "skipped_batches": skipped}
             history.append(row)
-            shown = (f"train acc {100 * row['train_accuracy']:6.2f}%  test acc {100 * test:6.2f}%" if task.classify
-                     else f"test mse {test:.4e}")
+            shown = f"train acc {100 * row['train_accuracy']:6.2f}%  " if scored else ""
+            shown += f"test acc {100 * test:6.2f}%" if task.classify else f"test mse {test:.4e}"
             log(f"epoch {epoch:3d}  energy {row['energy']:.4f}  {shown}  {seconds:6.2f} s"
                 + (f"  ({skipped} batches skipped)" if skipped else ""))
             if out is not None:

@@ -22,12 +22,19 @@ ARGS = {
     "conv_transpose2d": [{"stride": 2, "output_padding": 1}, {"bias": False}],
     "max_pool2d": [{"kernel_size": 3, "stride": 1}, {"padding": 1}],
     "avg_pool2d": [{"kernel_size": 4}],
+    "sparse": [{"edges": [[0, 1]]}, {"generator": "cycle_graph", "bias": False},
+               {"generator": "erdos_renyi_graph", "args": {"p": 0.5}, "seed": 3, "self_loops": True}],
 }
-WEIGHTED = {"linear", "conv2d", "conv_transpose2d"}
+WEIGHTED = {"linear", "conv2d", "conv_transpose2d", "sparse"}
 
 
 def _required(kind: str) -> bool:
-    return any(f.is_required() for f in OPS[kind].model_fields.values())
+    """True when the op cannot be written as its bare name (some argument must be given)."""
+    try:
+        OPS[kind]()
+    except ValidationError:
+        return True
+    return False
 
 
 def test_builtin_ops_registered():
@@ -98,8 +105,8 @@ def test_ops_are_frozen():
 
 def test_has_params():
     for kind in BUILTIN:
-        if not _required(kind):
-            assert parse_op(kind).has_params == (kind in WEIGHTED), kind
+        op = parse_op({"kind": kind, **ARGS[kind][0]}) if _required(kind) else parse_op(kind)
+        assert op.has_params == (kind in WEIGHTED), kind
 
 
 @pytest.mark.parametrize(("kind", "fn"), [

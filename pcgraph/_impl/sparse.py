@@ -1,0 +1,104 @@
+"""The ``sparse`` op's module: message passing batched over samples, never a dense N x N matrix.
+
+The batch is the feature dimension of the message passing: states ``x`` of shape (B, N_source)
+are passed as N_source vertices with B features, so one sparse-matrix product
+``mu^T = A x^T`` (A: N_target x N_source in CSR form, values w) serves the whole batch. The
+closed-form local rules (:mod:`pcgraph._impl.local`) use ``dE/dx = (A^T g^T)^T`` and
+``dE/dw_ij = sum_b g_bi x_bj`` (a sampled product on A's pattern), so an inference step costs
+O(E B) time and O(N B + E) memory.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+with warnings.catch_warnings():  # torch-geometric's import-time deprecation notices
+    warnings.simplefilter("ignore")
+    from torch_geometric.nn import MessagePassing
+    from torch_geometric.utils import spmm
+
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
+
+
+def _crow(rows: Tensor, n: int) -> Tensor:
+    return torch.ops.aten._convert_indices_from_coo_to_csr(rows, n)
+
+
+class SparseLinear(MessagePassing):
+    r"""mu_i = \sum_{j \to i} w_{ij} x_j + b_i, one weight per connection, batched over samples.
+
+    ``src`` and ``dst`` (sorted by target, then source, no repeats) are the connections; the
+    weights are stored in that order. Learning changes exactly these weights: there is no
+    weight for an absent connection.
+    """
+
+    propagate_type = {"x": Tensor, "edge_weight": Tensor | None}  # both paths' arguments
+
+    def __init__(self, src: Tensor, dst: Tensor, n_source: int, n_target: int, bias: bool = True,
+                 init: str = "fan_in"):
+        super().__init__(aggr="add", node_dim=0)
+        self.n_source, self.n_target = n_source, n_target
+        self.register_buffer("edge_index", torch.stack([src, dst]))
+        self.register_buffer("crow", _crow(dst, n_target))
+        t = torch.argsort(src * n_target + dst)  # the transpose's CSR order
+        self.register_buffer("t_perm", t)
+        self.register_buffer("t_crow", _crow(src[t], n_source))
+        self.register_buffer("t_col", dst[t])
+        self.weight = nn.Parameter(torch.zeros(len(src)))
+        self.bias = nn.Parameter(torch.zeros(n_target)) if bias else None
+        if init == "fan_in" and len(src):
+            degree = torch.bincount(dst, minlength=n_target).clamp_min(1).to(torch.float32)
+            with torch.no_grad():
+                self.weight.uniform_(-1, 1).mul_(degree[dst].rsqrt())
+        self._transposed: tuple | None = None
+
+    def adjacency(self) -> Tensor:
+        """A (N_target x N_source, CSR) with the weights as values (differentiable in them)."""
+        return _csr(self.crow, self.edge_index[0], self.weight, (self.n_target, self.n_source))
+
+    def adjacency_t(self) -> Tensor:
+        """A^T in CSR form, rebuilt only when the weights change (local rules, no autograd)."""
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype)
+        if self._transposed is None or self._transposed[0] != key:
+            values = self.weight.detach()[self.t_perm]
+            self._transposed = (key, _csr(self.t_crow, self.t_col, values, (self.n_source, self.n_target)))
+        return self._transposed[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, N_source) -> (B, N_target)."""
+        out = self.propagate(self.adjacency(), x=x.T.contiguous()).T
+        return out + self.bias if self.bias is not None else out
+
+    def message(self, x_j: Tensor, edge_weight: Tensor) -> Tensor:  # the unfused (edge-list) path
+        return edge_weight[:, None] * x_j
+
+    def message_and_aggregate(self, adj_t: Tensor, x: Tensor) -> Tensor:  # the fused path
+        return spmm(adj_t, x, reduce="sum")
+
+    def local_vjp(self, x: Tensor, g: Tensor, grads: dict | None, need_input: bool) -> Tensor | None:
+        """dE/dx = g A (as (A^T g^T)^T); with ``grads``, add dE/dw = sum_b g_bi x_bj and dE/db."""
+        if grads is not None:
+            pattern = _csr(self.crow, self.edge_index[0], self.weight.detach(), (self.n_target, self.n_source))
+            dw = torch.sparse.sampled_addmm(pattern, g.T.contiguous(), x.contiguous(), beta=0.0).values()
+            grads[self.weight] = grads[self.weight] + dw if self.weight in grads else dw
+            if self.bias is not None:
+                db = g.sum(0)
+                grads[self.bias] = grads[self.bias] + db if self.bias in grads else db
+        return (self.adjacency_t() @ g.T.contiguous()).T if need_input else None
+
+    def dense(self) -> Tensor:
+        """The weights as a dense N_target x N_source matrix (for tests and small graphs only)."""
+        w = torch.zeros(self.n_target, self.n_source, dtype=self.weight.dtype, device=self.weight.device)
+        w[self.edge_index[1], self.edge_index[0]] = self.weight.detach()
+        return w
+
+    def __repr__(self) -> str:
+        return (f"SparseLinear({self.n_source} -> {self.n_target}, {len(self.weight):,} connections, "
+                f"bias={self.bias is not None})")

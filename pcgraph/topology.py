@@ -1,0 +1,184 @@
+"""Neuron-level connectivity of a ``sparse`` edge: an edge list, a networkx generator or a
+registered topology, turned into index tensors ``(source neuron, target neuron)``.
+
+Vertex numbering. From a node to itself (also across time, ``delay: 1``) the generator's graph
+has N vertices and vertex k is neuron k; an undirected edge {u, v} gives the two connections
+u -> v and v -> u, a directed one only u -> v, and loops (k -> k) are kept only with
+``self_loops: true``. Between two different nodes the graph has N_source + N_target vertices,
+source neurons first, and the edges joining the two parts are used (from the source part to the
+target part).
+
+A spec can name only a registered topology (:func:`register_topology`, :data:`TOPOLOGIES`) or a
+generator function of ``networkx.generators``; their arguments come from the spec as plain data.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+
+import networkx as nx
+import torch
+from torch import Tensor
+
+from pcgraph.errors import SpecError
+
+Topology = Callable[..., "nx.Graph | Tensor"]
+TOPOLOGIES: dict[str, Topology] = {}
+_NOT_FROM_SPECS = {"create_using", "backend"}  # networkx arguments that take Python objects
+
+
+def register_topology(name: str) -> Callable[[Topology], Topology]:
+    """Register ``fn(n_source, n_target, seed, **args)`` under ``name``; it returns a networkx
+    graph (numbered as in the module docstring) or a ``(2, E)`` tensor of (source, target) pairs."""
+    def add(fn: Topology) -> Topology:
+        TOPOLOGIES[name] = fn
+        return fn
+    return add
+
+
+def known_generator(name: str) -> bool:
+    """True for a registered topology or a public function of ``networkx.generators``."""
+    return name in TOPOLOGIES or (not name.startswith("_") and inspect.isfunction(getattr(nx.generators, name, None)))
+
+
+@register_topology("random")
+def random_edges(n_source: int, n_target: int, seed: int = 0, edges: int | None = None, p: float | None = None,
+                 self_loops: bool = True) -> Tensor:
+    """``edges`` distinct connections drawn uniformly (or each pair with probability ``p``),
+    in O(E) time and memory: for graphs too large for networkx (1e7 edges). ``self_loops=False``
+    (a node to itself, loops not asked for) leaves out the pairs k -> k."""
+    if (edges is None) == (p is None):
+        raise ValueError("give exactly one of edges (a count) or p (a probability)")
+    square = not self_loops
+    pairs = n_source * n_target - (n_source if square else 0)
+    if p is not None:
+        if not 0 <= p <= 1:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        gen = torch.Generator().manual_seed(seed)
+        edges = int(torch.binomial(torch.tensor(float(pairs)), torch.tensor(float(p)), generator=gen))
+    if not 0 <= edges <= pairs:
+        raise ValueError(f"edges must be between 0 and {pairs} (the possible connections), got {edges}")
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.empty(0, dtype=torch.long)
+    while len(ids) < edges:  # draw with replacement, drop repeats and loops, top up
+        more = torch.randint(0, n_source * n_target, (edges - len(ids) + edges // 10 + 16,), generator=gen)
+        if square:
+            more = more[more // n_target != more % n_target]
+        ids = torch.unique(torch.cat([ids, more]))
+    ids = ids[torch.randperm(len(ids), generator=gen)[:edges]]
+    return torch.stack([ids // n_target, ids % n_target])
+
+
+def connections(edges: list | None, generator: str | None, args: dict, seed: int, self_loops: bool,
+                n_source: int, n_target: int, same_node: bool) -> tuple[Tensor, Tensor]:
+    """(source index, target index), sorted by target then source, no repeats. SpecErrors name
+    the op's field (``edges[3]``, ``args``, ``generator``) relative to the op."""
+    if edges is not None:
+        pairs = _from_list(edges, self_loops or not same_node, n_source, n_target)
+    else:
+        pairs = _generate(generator, _frozen(args), seed, self_loops or not same_node, n_source, n_target, same_node)
+    return pairs[0], pairs[1]
+
+
+def _from_list(edges: list, self_loops: bool, n_source: int, n_target: int) -> Tensor:
+    seen: dict[tuple[int, int], int] = {}
+    for k, (j, i) in enumerate(edges):
+        if j >= n_source or i >= n_target:
+            side, value, n = ("source", j, n_source) if j >= n_source else ("target", i, n_target)
+            raise SpecError(f"{side} neuron {value} is out of range: the {side} node has {n} neurons "
+                            f"(indices 0..{n - 1})", f"edges[{k}]")
+        if j == i and not self_loops:
+            raise SpecError(f"[{j}, {i}] is a self-loop; set self_loops: true to keep it", f"edges[{k}]")
+        if (j, i) in seen:
+            raise SpecError(f"[{j}, {i}] repeats edges[{seen[j, i]}]", f"edges[{k}]")
+        seen[j, i] = k
+    pairs = torch.tensor(list(seen), dtype=torch.long).reshape(-1, 2).T
+    return _sorted(pairs[0], pairs[1], n_source)
+
+
+@functools.lru_cache(maxsize=8)  # param_count and build both ask for it
+def _generate(name: str, args: tuple, seed: int, self_loops: bool, n_source: int, n_target: int,
+              square: bool) -> Tensor:
+    vertices = n_source if square else n_source + n_target
+    kwargs = {k: _thawed(v) for k, v in args}
+    try:
+        if name in TOPOLOGIES:
+            fn = TOPOLOGIES[name]
+            params = inspect.signature(fn).parameters
+            if "self_loops" in params:
+                kwargs.setdefault("self_loops", self_loops)
+            out = fn(n_source, n_target, seed, **kwargs)
+        else:
+            fn = getattr(nx.generators, name)
+            params = {k: v for k, v in inspect.signature(fn).parameters.items()
+                      if k not in _NOT_FROM_SPECS and v.kind is not v.VAR_KEYWORD}
+            unknown = sorted(set(kwargs) - set(params))
+            if unknown:
+                raise SpecError(f"{name} has no argument {unknown[0]!r} (its arguments: {', '.join(params)})",
+                                f"args.{unknown[0]}")
+            if "n" in params:
+                kwargs.setdefault("n", vertices)
+            if "seed" in params:
+                kwargs.setdefault("seed", seed)
+            out = fn(**kwargs)
+    except SpecError:
+        raise
+    except (TypeError, ValueError, nx.NetworkXException, ZeroDivisionError, OverflowError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SpecError(f"{name}({_show(kwargs)}) failed: {first}", "args") from None
+    if isinstance(out, Tensor):
+        return _check_pairs(out, name, self_loops, n_source, n_target)
+    if not isinstance(out, nx.Graph):
+        raise SpecError(f"expected a generator that returns a graph, {name!r} returned {type(out).__name__}",
+                        "generator")
+    if out.number_of_nodes() != vertices:
+        what = (f"{n_source} neurons (a node to itself)" if square
+                else f"{n_source} + {n_target} neurons (source, then target)")
+        raise SpecError(f"{name}({_show(kwargs)}) made a graph of {out.number_of_nodes()} vertices, expected "
+                        f"{vertices} for {what}; set its size arguments in args", "args")
+    index = {v: k for k, v in enumerate(out.nodes)}
+    uv = torch.tensor([(index[u], index[v]) for u, v in out.edges()], dtype=torch.long).reshape(-1, 2).T
+    u, v = uv[0], uv[1]
+    if not out.is_directed():  # both directions
+        u, v = torch.cat([u, v]), torch.cat([v, u])
+    if square:
+        keep = (u != v) | self_loops
+    else:  # edges between the parts, oriented source -> target
+        u, v = torch.where(u < n_source, u, v), torch.where(u < n_source, v, u)
+        keep = (u < n_source) & (v >= n_source)
+        v = v - n_source
+    return _sorted(u[keep], v[keep], n_source)
+
+
+def _check_pairs(pairs: Tensor, name: str, self_loops: bool, n_source: int, n_target: int) -> Tensor:
+    pairs = pairs.to(torch.long)
+    if pairs.dim() != 2 or pairs.shape[0] != 2:
+        raise SpecError(f"topology {name!r} returned a tensor of shape {list(pairs.shape)}, expected [2, E]",
+                        "generator")
+    if len(pairs[0]) and (pairs.min() < 0 or pairs[0].max() >= n_source or pairs[1].max() >= n_target):
+        raise SpecError(f"topology {name!r} returned a neuron index out of range", "generator")
+    if not self_loops:
+        pairs = pairs[:, pairs[0] != pairs[1]]
+    return _sorted(pairs[0], pairs[1], n_source)
+
+
+def _sorted(src: Tensor, dst: Tensor, n_source: int) -> Tensor:
+    key = torch.unique(dst * n_source + src)  # sorted by target, then source; repeats merged
+    return torch.stack([key % n_source, key // n_source])
+
+
+def _frozen(value):
+    """A hashable copy of the spec's arguments (lists become tuples), for the cache."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
+
+
+def _thawed(value):
+    return [_thawed(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _show(kwargs: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())

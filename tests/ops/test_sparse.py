@@ -1,0 +1,171 @@
+"""The sparse op against a dense masked-matrix computation written out by hand with autograd."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pcgraph
+from pcgraph import SpecError, compile
+from pcgraph._impl.loop import Plan, autograd_grads, constant_edges, local_grads
+from pcgraph._impl.sparse import SparseLinear
+
+f64 = torch.float64
+
+
+@st.composite
+def cyclic_graphs(draw):
+    """x (n neurons) predicts itself through a random sparse graph, x -> y and y -> x close a
+    second cycle between nodes of different sizes; neurons of x may be clamped."""
+    n, m = draw(st.integers(2, 9)), draw(st.integers(1, 6))
+    loops = draw(st.booleans())
+    g = pcgraph.Graph("cyclic")
+    g.node("x", n)
+    g.node("y", m)
+    g.edge("x", "x", "tanh", {"kind": "sparse", "generator": "erdos_renyi_graph",
+                              "args": {"p": draw(st.floats(0.2, 1.0)), "directed": draw(st.booleans())},
+                              "seed": draw(st.integers(0, 99)), "self_loops": loops,
+                              "bias": draw(st.booleans())})
+    g.edge("x", "y", {"kind": "sparse", "generator": "random", "args": {"p": 0.6}, "seed": draw(st.integers(0, 9))})
+    g.edge("y", "x", "sigmoid", {"kind": "sparse", "edges": [[j % m, (3 * j) % n] for j in range(min(m, n))]})
+    g.inference(init="zeros")
+    return g.spec(), loops
+
+
+def dense_reference(graph, states):
+    """E = 1/2 sum_v ||x_v - sum_e W_e f_e(x_src)||^2 with W_e a dense matrix that is zero off the
+    edge list; returns E and its gradients in the states, the dense weights and the biases."""
+    xs = {v: s.detach().clone().requires_grad_() for v, s in states.items()}
+    dense, biases, mu = [], [], {v: 0.0 for v in xs}
+    for edge in graph.edges:
+        *acts, sp = edge.pipeline
+        w = sp.dense().clone().requires_grad_()
+        h = xs[edge.sources[0]]
+        for a in acts:
+            h = a(h)
+        out = h @ w.T
+        if sp.bias is not None:
+            b = sp.bias.detach().clone().requires_grad_()
+            biases.append(b)
+            out = out + b
+        dense.append(w)
+        mu[edge.target] = mu[edge.target] + out
+    energy = sum(0.5 * ((xs[v] - mu[v]) ** 2).sum() for v in xs)
+    grads = torch.autograd.grad(energy, [*xs.values(), *dense, *biases])
+    return energy, dict(zip(xs, grads[:len(xs)])), grads[len(xs):len(xs) + len(dense)], grads[len(xs) + len(dense):]
+
+
+@settings(max_examples=25, deadline=None)
+@given(cyclic_graphs(), st.integers(1, 5))
+def test_sparse_equals_dense_masked_matrix(case, batch):
+    spec, loops = case
+    graph = compile(spec).to(f64)
+    states = {v: torch.randn(batch, *n.shape, dtype=f64) for v, n in graph.nodes.items()}
+    e_ref, gx_ref, gw_ref, gb_ref = dense_reference(graph, states)
+    mods = [e.pipeline[-1] for e in graph.edges]
+    src, dst = mods[0].edge_index
+    assert bool((src == dst).any()) == (loops and bool((src == dst).any()))  # loops only when asked
+    if not loops:
+        assert not bool((src == dst).any())
+    plan = Plan(graph, set())
+    params = list(graph.parameters())
+    for route in (local_grads, autograd_grads):
+        s = {v: x.clone() for v, x in states.items()}
+        e, gx, gp = route(graph, plan, s, constant_edges(graph, plan, s), plan.terms, True, params)
+        torch.testing.assert_close(e, e_ref.detach(), atol=1e-6, rtol=1e-6)
+        for v in states:
+            torch.testing.assert_close(gx[v], gx_ref[v], atol=1e-6, rtol=1e-6)
+        # a learning step's gradient is the batch mean; a dense grad's masked entries are the edges'
+        s_local = {v: x.clone() for v, x in states.items()}
+        _, _, gp = route(graph, plan, s_local, constant_edges(graph, plan, s_local), plan.terms, True, params)
+        for m, g_dense in zip(mods, gw_ref):
+            i, j = m.edge_index[1], m.edge_index[0]
+            torch.testing.assert_close(gp[m.weight] * batch, g_dense[i, j], atol=1e-6, rtol=1e-6)
+        with_bias = [m for m in mods if m.bias is not None]
+        for m, g_b in zip(with_bias, gb_ref):
+            torch.testing.assert_close(gp[m.bias] * batch, g_b, atol=1e-6, rtol=1e-6)
+
+
+def test_learning_updates_exactly_the_existing_edges():
+    spec = pcgraph.Graph("t")
+    spec.node("x", 12)
+    spec.edge("x", "x", "tanh", {"kind": "sparse", "generator": "watts_strogatz_graph", "args": {"k": 4, "p": 0.2}})
+    spec.inference(init="zeros", steps=5)
+    s = spec.spec()
+    graph = compile(s)
+    sp = graph.edges[0].pipeline[-1]
+    assert sp.weight.numel() == 12 * 4  # 24 undirected edges, both directions
+    before = sp.dense().clone()
+    opt = torch.optim.SGD(graph.parameters(), lr=0.5)
+    x = torch.randn(8, 12)
+    pcgraph.Solver.from_spec(s).step(graph, {"x": pcgraph.Clamp(x, slice(0, 6))}, opt)
+    after = sp.dense()
+    assert torch.equal(after == 0, before == 0)  # the same pattern (no weight was exactly zero)
+    assert not torch.equal(after, before)
+
+
+def test_module_is_message_passing_and_never_dense():
+    from torch_geometric.nn import MessagePassing
+
+    m = SparseLinear(torch.tensor([0, 2, 1]), torch.tensor([1, 1, 3]), 3, 4)
+    assert isinstance(m, MessagePassing)
+    x = torch.randn(5, 3)
+    expected = torch.zeros(5, 4) + m.bias
+    expected[:, 1] += m.weight[0] * x[:, 0] + m.weight[1] * x[:, 2]
+    expected[:, 3] += m.weight[2] * x[:, 1]
+    torch.testing.assert_close(m(x), expected)
+    # the edge-list (unfused) path of MessagePassing gives the same sums
+    unfused = m.propagate(m.edge_index, x=x.T, edge_weight=m.weight, size=(3, 4)).T + m.bias
+    torch.testing.assert_close(unfused, expected)
+    assert "3 connections" in repr(m)
+
+
+def test_fan_in_init_bounds():
+    m = SparseLinear(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 0, 0, 1]), 4, 2)
+    assert bool((m.weight[:3].abs() <= 3 ** -0.5).all()) and float(m.weight[3].abs()) <= 1.0
+    z = SparseLinear(torch.tensor([0]), torch.tensor([0]), 1, 1, init="zeros")
+    assert float(z.weight) == 0.0
+
+
+YAML = """
+name: t
+graph:
+  nodes: {{x: {{shape: [{n}]}}, y: {{shape: [3, 2]}}}}
+  edges:
+    - {{from: {src}, to: x, fn: [tanh, {op}]}}
+    - {{from: x, to: y, fn: [{{kind: linear, features: 6}}, {{kind: unflatten, shape: [3, 2]}}]}}
+inference: {{init: zeros}}
+"""
+
+
+@pytest.mark.parametrize(("op", "path", "message"), [
+    ("{kind: sparse, generator: complete_grph}", "graph.edges[0].fn[1].generator", "unknown generator"),
+    ("{kind: sparse, generator: erdos_renyi_graph, args: {q: 0.1}}", "graph.edges[0].fn[1].args.q", "no argument 'q'"),
+    ("{kind: sparse, generator: watts_strogatz_graph, args: {k: 9, p: 0.1}}", "graph.edges[0].fn[1].args",
+     "failed: k>n"),
+    ("{kind: sparse, generator: erdos_renyi_graph}", "graph.edges[0].fn[1].args", "missing"),
+    ("{kind: sparse, generator: complete_graph, args: {n: 3}}", "graph.edges[0].fn[1].args", "3 vertices"),
+    ("{kind: sparse, generator: random, args: {edges: 100}}", "graph.edges[0].fn[1].args", "between 0 and 20"),
+    ("{kind: sparse, generator: is_regular}", "graph.edges[0].fn[1].generator", "unknown generator"),
+    ("{kind: sparse, edges: [[0, 1], [5, 2]]}", "graph.edges[0].fn[1].edges[1]", "source neuron 5 is out of range"),
+    ("{kind: sparse, edges: [[0, 9]]}", "graph.edges[0].fn[1].edges[0]", "target neuron 9 is out of range"),
+    ("{kind: sparse, edges: [[0, 1], [0, 1]]}", "graph.edges[0].fn[1].edges[1]", r"repeats edges\[0\]"),
+    ("{kind: sparse, edges: [[2, 2]]}", "graph.edges[0].fn[1].edges[0]", "self-loop"),
+    ("{kind: sparse, edges: [[-1, 2]]}", "graph.edges[0].fn[1].edges[0][0]", "greater than or equal to 0"),
+    ("{kind: sparse, edges: [[1, 2]], generator: cycle_graph}", "graph.edges[0].fn[1]", "exactly one"),
+    ("{kind: sparse}", "graph.edges[0].fn[1]", "exactly one"),
+    ("{kind: sparse, edges: [[1, 2]], args: {p: 1}}", "graph.edges[0].fn[1]", "args are for a generator"),
+])
+def test_bad_topologies_name_the_field(op, path, message):
+    with pytest.raises(SpecError, match=message) as err:
+        compile(pcgraph.spec_from_yaml(YAML.format(n=5, src="x", op=op)))
+    assert err.value.path == path
+
+
+def test_sparse_needs_flat_nodes():
+    with pytest.raises(SpecError, match="flat nodes") as err:
+        compile(pcgraph.spec_from_yaml(YAML.format(n=5, src="y", op="{kind: sparse, generator: random, "
+                                                   "args: {p: 0.5}}")))
+    assert err.value.path == "graph.edges[0].fn[1]"

@@ -9,7 +9,10 @@ source neurons first, and the edges joining the two parts are used (from the sou
 target part).
 
 A spec can name only a registered topology (:func:`register_topology`, :data:`TOPOLOGIES`) or a
-generator function of ``networkx.generators``; their arguments come from the spec as plain data.
+networkx generator function (``networkx.generators``, and the bipartite ones as
+``complete_bipartite_graph`` or ``bipartite.random_graph``); their arguments come from the spec
+as plain data. ``n`` (the vertex count) and ``seed`` are filled in when the generator takes them;
+a bipartite generator gets its two part sizes (``n1, n2`` or ``n, m``).
 """
 
 from __future__ import annotations
@@ -39,8 +42,22 @@ def register_topology(name: str) -> Callable[[Topology], Topology]:
 
 
 def known_generator(name: str) -> bool:
-    """True for a registered topology or a public function of ``networkx.generators``."""
-    return name in TOPOLOGIES or (not name.startswith("_") and inspect.isfunction(getattr(nx.generators, name, None)))
+    """True for a registered topology or a networkx generator function."""
+    return name in TOPOLOGIES or _networkx(name) is not None
+
+
+def _networkx(name: str) -> Callable | None:
+    from networkx.algorithms.bipartite import generators as bipartite
+
+    if name.startswith("_"):
+        return None
+    if name.startswith("bipartite."):
+        fn = getattr(bipartite, name.removeprefix("bipartite."), None)
+    else:
+        fn = getattr(nx.generators, name, None) or getattr(nx, name, None)
+    home = getattr(fn, "__module__", "") or ""
+    ok = inspect.isfunction(fn) and home.startswith(("networkx.generators", bipartite.__name__))
+    return fn if ok and not name.removeprefix("bipartite.").startswith("_") else None
 
 
 @register_topology("random")
@@ -111,13 +128,17 @@ def _generate(name: str, args: tuple, seed: int, self_loops: bool, n_source: int
                 kwargs.setdefault("self_loops", self_loops)
             out = fn(n_source, n_target, seed, **kwargs)
         else:
-            fn = getattr(nx.generators, name)
+            fn = _networkx(name)
             params = {k: v for k, v in inspect.signature(fn).parameters.items()
                       if k not in _NOT_FROM_SPECS and v.kind is not v.VAR_KEYWORD}
             unknown = sorted(set(kwargs) - set(params))
             if unknown:
                 raise SpecError(f"{name} has no argument {unknown[0]!r} (its arguments: {', '.join(params)})",
                                 f"args.{unknown[0]}")
+            first_two = tuple(params)[:2]
+            if not square and first_two in (("n1", "n2"), ("n", "m")) and "bipartite" in fn.__module__:
+                kwargs.setdefault(first_two[0], n_source)
+                kwargs.setdefault(first_two[1], n_target)
             if "n" in params:
                 kwargs.setdefault("n", vertices)
             if "seed" in params:

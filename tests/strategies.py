@@ -86,3 +86,20 @@ def random_batch(graph, outputs, b=4, dtype=f64):
     return batch
 
 
+@st.composite
+def cyclic_graphs(draw):
+    """x (n neurons) predicts itself through a random sparse graph (loops when drawn); the sparse
+    edges x -> y and y -> x close a second cycle. Returns (spec, self_loops)."""
+    n, m = draw(st.integers(2, 9)), draw(st.integers(1, 6))
+    loops = draw(st.booleans())
+    g = pcgraph.Graph("cyclic")
+    g.node("x", n)
+    g.node("y", m)
+    g.edge("x", "x", "tanh", {"kind": "sparse", "generator": "erdos_renyi_graph",
+                              "args": {"p": draw(st.floats(0.2, 1.0)), "directed": draw(st.booleans())},
+                              "seed": draw(st.integers(0, 99)), "self_loops": loops,
+                              "bias": draw(st.booleans())})
+    g.edge("x", "y", {"kind": "sparse", "generator": "random", "args": {"p": 0.6}, "seed": draw(st.integers(0, 9))})
+    g.edge("y", "x", "sigmoid", {"kind": "sparse", "edges": [[j % m, (3 * j) % n] for j in range(min(m, n))]})
+    g.inference(init="zeros")
+    return g.spec(), loops

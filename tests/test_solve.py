@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import pcgraph
 from pcgraph.optim import StateSGD
-from tests.strategies import SMOOTH, layered_graphs, random_batch
+from tests.strategies import SMOOTH, cyclic_graphs, layered_graphs, random_batch
 
 f64 = torch.float64
 
@@ -277,3 +277,81 @@ def test_a_state_with_no_energy_gradient_is_left_alone(settings_):
     r = pcgraph.Solver(steps=4, init="zeros", **settings_).step(
         graph, {"x": torch.randn(3, 2), "y": torch.randn(3, 2)}, torch.optim.SGD(graph.parameters(), lr=0.1))
     assert torch.equal(r.states["z"], torch.zeros(3, 2))
+
+
+# --- cyclic graphs and partly clamped nodes ------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(cyclic_graphs(), st.integers(0, 9), st.sampled_from(["zeros", "prior"]))
+def test_energy_decreases_on_cyclic_graphs(case, clamp_seed, init):
+    """Gradient descent with a small step never raises the energy, whatever is clamped."""
+    spec, _ = case
+    graph = pcgraph.compile(spec).double()
+    n = graph.nodes["x"].shape[0]
+    gen = torch.Generator().manual_seed(clamp_seed)
+    clamped = torch.randperm(n, generator=gen)[: int(torch.randint(0, n, (1,), generator=gen))]
+    batch = {"x": pcgraph.Clamp(torch.randn(3, n, dtype=f64, generator=gen), clamped)}
+    r = pcgraph.Solver(steps=30, optimizer=StateSGD(0.02), init=init).relax(graph, batch)
+    diffs = r.energy[1:] - r.energy[:-1]
+    assert (diffs <= 1e-12 * (1 + r.energy[:-1].abs())).all(), r.energy
+    assert torch.allclose(r.energy[-1], graph.energy(r.states), rtol=1e-10)
+    assert torch.equal(r.states["x"][:, clamped], batch["x"].values[:, clamped])
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.6])
+def test_partly_clamped_node_follows_gradient_descent_on_the_free_neurons(momentum):
+    """Reference: a plain autograd loop on E = 1/2 ||x - W tanh(x) - b||^2 with W dense and zero
+    off the edges, stepping only the free neurons."""
+    g = pcgraph.Graph("t")
+    g.node("x", 10)
+    g.edge("x", "x", "tanh", {"kind": "sparse", "generator": "watts_strogatz_graph", "args": {"k": 4, "p": 0.3}})
+    g.inference(init="zeros")
+    graph = pcgraph.compile(g.spec()).double()
+    sp = graph.edges[0].pipeline[-1]
+    values = torch.randn(5, 10, dtype=f64)
+    clamped = [0, 3, 4, 9]
+    free = torch.ones(10, dtype=f64)
+    free[clamped] = 0
+    lr, steps = 0.1, 15
+    r = pcgraph.Solver(steps=steps, optimizer=StateSGD(lr, momentum), init="zeros").relax(
+        graph, {"x": pcgraph.Clamp(values, clamped)})
+    w, b = sp.dense(), sp.bias.detach()
+    x = values * (1 - free)
+    velocity, trace = torch.zeros_like(x), []
+    for _ in range(steps + 1):
+        x = x.detach().requires_grad_()
+        e = 0.5 * ((x - torch.tanh(x) @ w.T - b) ** 2).sum()
+        (grad,) = torch.autograd.grad(e, x)
+        trace.append(e.detach())
+        velocity = momentum * velocity + grad * free
+        x = x - lr * velocity
+    torch.testing.assert_close(r.energy, torch.stack(trace), atol=1e-10, rtol=1e-10)
+    x_last = x + lr * velocity  # the reference stepped once more after its last energy
+    torch.testing.assert_close(r.states["x"], x_last.detach(), atol=1e-10, rtol=1e-10)
+
+
+def test_clamp_of_every_neuron_equals_clamping_the_node():
+    graph = chain([3, 4, 2])
+    batch = {"x0": torch.randn(6, 3, dtype=f64), "x2": torch.randn(6, 2, dtype=f64)}
+    whole = pcgraph.Solver(steps=10).relax(graph, batch)
+    parts = pcgraph.Solver(steps=10).relax(graph, {"x0": pcgraph.Clamp(batch["x0"], slice(0, 3)),
+                                                   "x2": pcgraph.Clamp(batch["x2"], [0, 1])})
+    torch.testing.assert_close(parts.energy, whole.energy, atol=1e-12, rtol=1e-12)
+    for v in whole.states:
+        torch.testing.assert_close(parts.states[v], whole.states[v], atol=1e-12, rtol=1e-12)
+
+
+def test_forward_init_starts_free_neurons_at_their_prediction():
+    graph = chain([3, 4, 2])
+    x0, x2 = torch.randn(6, 3, dtype=f64), torch.randn(6, 2, dtype=f64)
+    r = pcgraph.Solver(steps=0).relax(graph, {"x0": x0, "x2": pcgraph.Clamp(x2, torch.tensor([True, False]))})
+    predicted = graph({"x0": x0})["x2"]
+    assert torch.equal(r.states["x2"][:, 0], x2[:, 0])
+    torch.testing.assert_close(r.states["x2"][:, 1], predicted[:, 1])
+
+
+def test_bad_clamp_index_is_refused():
+    graph = chain([3, 4, 2])
+    with pytest.raises(ValueError, match="does not fit its 3 neurons"):
+        pcgraph.Solver().relax(graph, {"x0": pcgraph.Clamp(torch.randn(2, 3, dtype=f64), [5])})

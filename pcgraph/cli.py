@@ -60,10 +60,26 @@ def cmd_show(args) -> int:
         bp_params = sum(p.numel() for p in Backprop(spec, graph).parameters())
         print(f"backprop baseline: encoder {spec.bp.encoder.source[0]} -> {spec.bp.encoder.to} + this graph "
               f"as decoder, {bp_params:,} parameters")
+    from pcgraph.tasks import topology
+
+    sparse = any(not b.dense for b in topology.blocks(graph))
+    stats = topology.degree_stats(graph) if (sparse or args.png) else None
+    if stats is not None:
+        print(f"neurons: {stats['neurons']:,}, connections: {stats['connections']:,} (density {stats['density']:.3g}, "
+              f"{stats['self_loops']:,} self-loops); in-degree min/mean/max {stats['in_degree_min']}/"
+              f"{stats['in_degree_mean']:.1f}/{stats['in_degree_max']}, out-degree {stats['out_degree_min']}/"
+              f"{stats['out_degree_mean']:.1f}/{stats['out_degree_max']}" + ("" if sparse else " (dense edges: all pairs)"))
+    if args.png:
+        if stats["neurons"] <= args.max_neurons:
+            topology.draw(graph, args.png, args.max_neurons)
+            print(f"drew the neuron-level graph to {args.png}")
+        else:
+            print(f"not drawn: {stats['neurons']:,} neurons is over --max-neurons {args.max_neurons} "
+                  "(the degree statistics above describe it)")
     if args.json:
         print(json.dumps({"name": spec.name, "params": graph.num_params(),
                           "states_per_sample": graph.states_per_sample(), "bp_params": bp_params,
-                          "nodes": len(graph.nodes), "edges": len(graph.edges)}))
+                          "nodes": len(graph.nodes), "edges": len(graph.edges), **({"neuron_level": stats} if stats else {})}))
     return 0
 
 
@@ -299,8 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(fn=cmd_validate)
     s = sub.add_parser("schema", help="print the JSON Schema of the spec format")
     s.set_defaults(fn=cmd_schema)
-    sh = sub.add_parser("show", help="print a spec's nodes, edges and totals")
+    sh = sub.add_parser("show", help="print a spec's nodes, edges, totals and neuron-level degrees; draw it")
     sh.add_argument("spec")
+    sh.add_argument("--png", metavar="FILE", help="draw the neuron-level graph (up to --max-neurons neurons)")
+    sh.add_argument("--max-neurons", type=_positive_int, default=300, help="largest graph --png draws (default 300)")
     sh.add_argument("--json", action="store_true", help="also print the totals as one JSON line")
     sh.set_defaults(fn=cmd_show)
     t = sub.add_parser("train", help="train a spec with PC on its data set")

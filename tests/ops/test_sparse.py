@@ -98,7 +98,9 @@ def test_module_is_message_passing_and_never_dense():
     expected[:, 1] += m.weight[0] * x[:, 0] + m.weight[1] * x[:, 2]
     expected[:, 3] += m.weight[2] * x[:, 1]
     torch.testing.assert_close(m(x), expected)
-    # the edge-list (unfused) path of MessagePassing gives the same sums
+    # MessagePassing.propagate on the CSR matrix (fused) and on the edge list (unfused): the same sums
+    fused = m.propagate(m.adjacency(), x=x.T).T + m.bias
+    torch.testing.assert_close(fused, expected)
     unfused = m.propagate(m.edge_index, x=x.T, edge_weight=m.weight, size=(3, 4)).T + m.bias
     torch.testing.assert_close(unfused, expected)
     assert "3 connections" in repr(m)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
 from pcgraph.errors import DivergenceError, Interrupted, PCGraphError, SpecError, UsageError, WorkerError
@@ -82,6 +83,8 @@ def cmd_train(args) -> int:
     result = train(spec, epochs=args.epochs, data_root=args.data_root, device=args.device, out=args.out,
                    progress=not args.no_progress, log=log, resume=args.resume, on_divergence=args.on_divergence,
                    nproc=args.nproc)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun every rank returns here; rank 0 reports
+        return 0
     if args.json:
         print(result.to_json())
     else:

@@ -55,3 +55,10 @@ def test_gpu_bench_smoke_runs_on_the_cpu(monkeypatch, capsys):
     assert row["pc/bp"] == row["pc"] / row["bp"] > 0
     out = capsys.readouterr().out
     assert "device: CPU" in out and "| mnist-mlp | 8 | 2 |" in out
+
+
+def test_bench_distributed_reports_samples_per_second(capsys):
+    """One process only here (the two-process path is tested in tests/tasks/test_distributed.py)."""
+    (row,) = load("bench_distributed").main(["specs/digits_mlp.yaml", "--epochs", "1", "--nprocs", "1"])
+    assert row["nproc"] == 1 and row["samples_per_second"] == 1437 / row["median_epoch_seconds"]
+    assert "| digits-mlp | 1 |" in capsys.readouterr().out

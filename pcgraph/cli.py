@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
-from pcgraph.errors import DivergenceError, Interrupted, PCGraphError, SpecError, UsageError
+from pcgraph.errors import DivergenceError, Interrupted, PCGraphError, SpecError, UsageError, WorkerError
 
 
 def _graph(args):
@@ -94,15 +95,22 @@ def cmd_train(args) -> int:
         spec = spec.model_copy(update={"inference": spec.inference.model_copy(update={"compile": True})})
     if spec is not None and args.seed is not None:
         spec = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": args.seed})})
-    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    log = _log_stderr if args.json else print  # module-level: it travels to --nproc workers
     result = train(spec, epochs=args.epochs, data_root=args.data_root, device=args.device, out=args.out,
-                   progress=not args.no_progress, log=log, resume=args.resume, on_divergence=args.on_divergence)
+                   progress=not args.no_progress, log=log, resume=args.resume, on_divergence=args.on_divergence,
+                   nproc=args.nproc)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun every rank returns here; rank 0 reports
+        return 0
     if args.json:
         print(result.to_json())
     else:
         print(f"final test {_score(result.metric, result.test_metric)} (best {_score(result.metric, result.best_test_metric)}), "
               f"{result.params:,} parameters, {result.states_per_sample} states per sample")
     return 0
+
+
+def _log_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def cmd_eval(args) -> int:
@@ -331,7 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     t.add_argument("--out", help="write spec.yaml, metrics (jsonl, csv), checkpoint.pt every epoch, model.pt")
     t.add_argument("--seed", type=int, help="override train.seed")
-    t.add_argument("--compile", action="store_true", help="torch.compile the inference loop")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the inference loop (on cuda: captured once as a CUDA graph and replayed)")
+    t.add_argument("--nproc", type=_positive_int, metavar="N",
+                   help="data-parallel training in N processes on this machine (gloo on cpu; nccl on cuda, "
+                        "one GPU each); data.batch_size stays the global batch, each process relaxes its "
+                        "shard and gradients are all-reduced once per update; rank 0 logs and writes. "
+                        "For several machines launch with torchrun instead (see README)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="epoch lines to stderr, final figures as JSON on stdout")
     t.set_defaults(fn=cmd_train)
@@ -397,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except DivergenceError as err:
         print(f"pcgraph: diverged: {err}", file=sys.stderr)
+        return 1
+    except WorkerError as err:  # a training process failed unexpectedly
+        print(f"pcgraph: error: {'; '.join(str(err).splitlines())}", file=sys.stderr)
         return 1
     except PCGraphError as err:  # bad input: a spec, a data set, an argument
         print(f"pcgraph: error: {'; '.join(str(err).splitlines())}", file=sys.stderr)

@@ -62,3 +62,7 @@ class Interrupted(PCGraphError):
 
 class PCGraphWarning(UserWarning):
     """Warnings pcgraph itself issues (the test suite turns them into errors)."""
+
+
+class WorkerError(PCGraphError):
+    """A training process of a distributed run failed for a reason other than a pcgraph error."""

@@ -29,14 +29,17 @@ from torch import Tensor
 from pcgraph import energy as E
 from pcgraph._impl import local
 from pcgraph._impl.loop import (
+    Captured,
     Plan,
     autograd_grads,
     constant_edges,
     finish,
     fixed_loop,
+    graph_device,
     local_grads,
     param_step,
     sum_constants,
+    zero_scalar,
 )
 from pcgraph.compile import CompiledGraph, States
 from pcgraph.errors import DivergenceError, SpecError
@@ -87,7 +90,9 @@ class Solver:
             always autograd (``False``).
         compile: ``torch.compile`` the fixed-step loop (local rules, no ``tol``, standard PC):
             a one-time compile for the first batch size seen (other sizes run eagerly), then
-            less Python and kernel-launch overhead per batch.
+            less Python and kernel-launch overhead per batch. On CUDA the whole T-step loop is
+            captured once as a CUDA graph (``mode="reduce-overhead"``) and replayed; if compiling
+            or capturing fails, a warning says so and the eager loop runs.
     """
 
     def __init__(self, steps: int = 20, optimizer: StateSGD | StateAdam | None = None, init: str = "forward",
@@ -136,7 +141,7 @@ class Solver:
         incremental = weight_optimizer is not None and self.variant == "incremental"
         with torch.no_grad():
             states, const, predicted = self._initial_states(graph, batch, plan, None if exact else init)
-            fixed = sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), torch.zeros(()))
+            fixed = sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), zero_scalar(states))
         grads_fn = local_grads if use_local else autograd_grads
         params = [p for p in graph.parameters() if p.requires_grad]
         # incremental PC with nothing to infer has no steps to learn in: it learns once, at the end
@@ -194,13 +199,16 @@ class Solver:
         return trace, gp, steps
 
     def _compiled(self, graph: CompiledGraph, plan: Plan, b: int):
-        """torch.compile of :func:`fixed_loop` for the first batch size seen with this graph and
-        clamp set; other sizes (an epoch's last, smaller batch) run eagerly instead of recompiling."""
-        key = (id(graph), tuple(plan.relaxed))
+        """torch.compile of the fixed-step loop (:func:`~pcgraph._impl.loop.pure_loop`) for the
+        first batch size seen with this graph, clamp set and device; other sizes (an epoch's last,
+        smaller batch) run eagerly instead of recompiling. On CUDA the mode is ``reduce-overhead``:
+        the whole T-step loop is captured once as a CUDA graph and replayed for every batch."""
+        device = graph_device(graph)
+        key = (id(graph), tuple(plan.relaxed), device)
         if key not in self._cache:
-            self._cache[key] = (b, torch.compile(fixed_loop, dynamic=False))
+            self._cache[key] = (b, Captured(device))
         size, fn = self._cache[key]
-        return fn if size == b else fixed_loop
+        return fn if size == b and not fn.failed else fixed_loop
 
     def step(self, graph: CompiledGraph, batch: States, optimizer: torch.optim.Optimizer) -> Relaxation:
         """One PC update on ``batch`` (relax and learn, per ``variant``); returns the relaxation."""

@@ -41,3 +41,24 @@ def test_nonlinear_filter_tracks_the_unobserved_coordinate():
     r = load("nonlinear_filter").main(length=80, plot=None)
     assert r["rmse_x0"] < r["observation_noise_std"]  # better than reading the noisy observation
     assert r["rmse_x1"] < 0.6 * r["std_x1"]  # x[1] is never observed: inferred from the dynamics
+
+
+def test_gpu_bench_smoke_runs_on_the_cpu(monkeypatch, capsys):
+    """The GPU benchmark's plumbing at tiny sizes (torch.compile replaced by the identity: the
+    compiled loop itself is tested in tests/test_gpu.py)."""
+    import torch
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    rows = load("gpu_bench").main(["--smoke", "specs/mnist_mlp.yaml"])
+    (row,) = rows
+    assert set(row) >= {"pc", "pc-captured", "bp", "pc/bp", "capture_speedup"}
+    assert row["pc/bp"] == row["pc"] / row["bp"] > 0
+    out = capsys.readouterr().out
+    assert "device: CPU" in out and "| mnist-mlp | 8 | 2 |" in out
+
+
+def test_bench_distributed_reports_samples_per_second(capsys):
+    """One process only here (the two-process path is tested in tests/tasks/test_distributed.py)."""
+    (row,) = load("bench_distributed").main(["specs/digits_mlp.yaml", "--epochs", "1", "--nprocs", "1"])
+    assert row["nproc"] == 1 and row["samples_per_second"] == 1437 / row["median_epoch_seconds"]
+    assert "| digits-mlp | 1 |" in capsys.readouterr().out

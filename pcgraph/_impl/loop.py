@@ -2,18 +2,22 @@
 
 :class:`Plan` decides, from the clamp set, which nodes are relaxed, which edges are constant for
 the whole relaxation and which energy terms the loop evaluates. :func:`fixed_loop` runs T steps
-with no host sync (the part ``torch.compile`` may compile). The gradient routes return the same
+with no host sync; :class:`Captured` compiles it (on CUDA: captured once as a CUDA graph and
+replayed), falling back to the eager loop if that fails. The gradient routes return the same
 thing, (E, {node: dE/dx}, {param: batch-mean dE/dtheta}): :func:`local_grads` from the closed-form
 rules of :mod:`pcgraph._impl.local`, :func:`autograd_grads` from ``torch.autograd.grad``.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
 from pcgraph._impl import local
 from pcgraph.compile import CompiledGraph, States
+from pcgraph.errors import PCGraphWarning
 
 
 class Plan:
@@ -85,6 +89,23 @@ def fixed_loop(grads_fn, optimizer, graph, plan, states, const, steps, learn, pa
     return finish(grads_fn, graph, plan, states, const, learn, params, trace, *schedule[-1])
 
 
+def pure_loop(grads_fn, optimizer, graph, plan, states, const, steps, learn, params):
+    """:func:`fixed_loop` on copies of the relaxed states, returned with the result: (energy trace,
+    parameter gradients as a list in ``params`` order or None, relaxed states in ``plan.relaxed``
+    order). No input is changed in place, which CUDA-graph capture needs (torch.compile skips the
+    capture of a function that mutates its inputs)."""
+    states = {v: x.clone() if v in plan.relaxed else x for v, x in states.items()}
+    trace, gp = fixed_loop(grads_fn, optimizer, graph, plan, states, const, steps, learn, params)
+    return trace, None if gp is None else [gp.get(p) for p in params], [states[v] for v in plan.relaxed]
+
+
+def zero_scalar(states: States) -> Tensor:
+    """A scalar 0 on the states' device and dtype (a CPU scalar would keep a CUDA loop from being
+    captured as a CUDA graph)."""
+    ref = next(iter(states.values()))
+    return torch.zeros((), dtype=ref.dtype, device=ref.device)
+
+
 def finish(grads_fn, graph, plan, states, const, learn, params, trace, terms=None, recompute=None):
     """Append the energy at the relaxed states to ``trace``; when ``learn``, the same pass gives
     the parameter gradients (over every energy term, the fixed ones included)."""
@@ -93,8 +114,40 @@ def finish(grads_fn, graph, plan, states, const, learn, params, trace, terms=Non
     e, _, gp = grads_fn(graph, plan, states, const, terms, learn, params, need_states=False,
                         recompute=recompute)
     if learn:  # the trace counts fixed terms separately
-        e = e - sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), torch.zeros(()))
+        e = e - sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), zero_scalar(states))
     return [*trace, e.detach()], gp
+
+
+def graph_device(graph: CompiledGraph) -> torch.device:
+    """The device of the graph's parameters (cpu for a graph without any)."""
+    return next((p.device for p in graph.parameters()), torch.device("cpu"))
+
+
+class Captured:
+    """A compiled :func:`~pcgraph._impl.loop.pure_loop` called like :func:`fixed_loop`. Outputs
+    are copied out at once (a replayed CUDA graph overwrites its outputs on the next replay). If
+    compiling or capturing raises, it warns once and runs the eager loop from then on."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.fn = torch.compile(pure_loop, dynamic=False, mode="reduce-overhead" if self.cuda else None)
+        self.failed = False
+
+    def __call__(self, grads_fn, optimizer, graph, plan, states, const, steps, learn, params):
+        args = (grads_fn, optimizer, graph, plan, states, const, steps, learn, params)
+        try:
+            if self.cuda:
+                torch.compiler.cudagraph_mark_step_begin()
+            trace, gp, relaxed = self.fn(*args)
+        except Exception as err:  # noqa: BLE001 - any compiler or capture failure: run eagerly
+            self.failed = True
+            first = (str(err).strip().splitlines() or [""])[0]
+            warnings.warn(f"compiling the inference loop failed ({type(err).__name__}: {first}); running it "
+                          "eagerly", PCGraphWarning, stacklevel=3)
+            return fixed_loop(*args)  # the states are untouched: the compiled loop relaxes copies
+        states.update({v: x.clone() for v, x in zip(plan.relaxed, relaxed)})
+        gp = None if gp is None else {p: g.clone() for p, g in zip(params, gp) if g is not None}
+        return [t.clone() for t in trace], gp
 
 
 # --- gradient routes: closed-form local rules, or autograd --------------------------------------
@@ -126,7 +179,7 @@ def local_grads(graph, plan, states, const, terms, want_params, params, need_sta
     deviations = set(plan.relaxed) if const.get("fixed") else set()
     gx: States = {}
     gp: dict | None = {} if want_params else None
-    total = torch.zeros(())
+    total = zero_scalar(states)
     with torch.no_grad():
         for v in terms:
             x, spec = states[v], graph.nodes[v].spec
@@ -176,7 +229,7 @@ def autograd_grads(graph, plan, states, const, terms, want_params, params, need_
     xs = [states[v].requires_grad_() for v in plan.relaxed] if need_states else []
     wrt = xs + (params if want_params else [])
     with torch.enable_grad():
-        total = torch.zeros(())
+        total = zero_scalar(states)
         for v in terms:
             mu = None if want_params else const["mu"].get(v)  # parameters need every edge's graph
             for i in graph.nodes[v].incoming:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -12,15 +11,19 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from pcgraph._impl import distributed
 from pcgraph._impl.interrupt import StopOnSignal, progress_bar
 from pcgraph.compile import CompiledGraph, compile
-from pcgraph.data import Dataset, load_dataset
+from pcgraph.data import load_dataset
 from pcgraph.errors import DivergenceError, Interrupted, SpecError, UsageError
 from pcgraph.optim import weight_optimizer
 from pcgraph.solve import Solver
-from pcgraph.spec import DataSpec, GraphSpec, LearningSpec, Standardize, spec_from_yaml
+from pcgraph.spec import GraphSpec, spec_from_yaml
 from pcgraph.tasks import checkpoint
 from pcgraph.tasks.objective import Backprop, Objective
+from pcgraph.tasks.setup import lr_schedule as lr_schedule
+from pcgraph.tasks.setup import prepare as prepare
+from pcgraph.tasks.setup import resolve_device as resolve_device
 
 
 @dataclass
@@ -60,67 +63,6 @@ class TrainResult:
                            f"best_test_{self.metric}": self.best_test_metric})
 
 
-def prepare(data: Dataset, spec: DataSpec, graph: CompiledGraph, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Normalise the images and shape them to the input node: (N, *input_shape) on ``device``."""
-    ref, target = spec.ref("input"), spec.ref("target")
-    shape = graph.nodes[ref.node].shape if ref.neurons is None else (ref.neurons.stop - ref.neurons.start,)
-    norm = spec.normalize
-    if isinstance(norm, Standardize):
-        channels = data.x_train.shape[1] if data.x_train.dim() == 4 else 1
-        if len(norm.mean) != channels or len(norm.std) != channels:
-            raise SpecError(f"expected {channels} per-channel values for {data.name}, got {len(norm.mean)} "
-                            f"means and {len(norm.std)} stds", "data.normalize")
-    out = []
-    for x in (data.x_train, data.x_test):
-        if x[0].numel() != math.prod(shape):
-            raise SpecError(f"{spec.input!r} has shape {list(shape)} ({math.prod(shape)} values) but "
-                            f"{data.name} images have {list(x.shape[1:])}", "data.input")
-        if isinstance(norm, Standardize):  # (N, C, pixels) per channel
-            c = len(norm.mean)
-            x = x.reshape(len(x), c, -1)
-            x = (x - torch.tensor(norm.mean).reshape(1, c, 1)) / torch.tensor(norm.std).reshape(1, c, 1)
-        x = x.reshape(len(x), *shape)
-        out.append((x - 0.5) / 0.5 if norm == "center" else x)
-    if target is not None:
-        got = graph.nodes[target.node].shape if target.neurons is None else (target.neurons.stop - target.neurons.start,)
-        if got != (data.num_classes,):
-            raise SpecError(f"{spec.target!r} must have {data.num_classes} neurons ([{data.num_classes}]) for "
-                            f"one-hot labels, got shape {list(got)}", "data.target")
-    return out[0].to(device), data.y_train.to(device), out[1].to(device), data.y_test.to(device)
-
-
-def lr_schedule(optimizer: torch.optim.Optimizer, learning: LearningSpec, updates: int):
-    """Per-update learning-rate factor: linear warm-up over ``warmup * updates``, then constant or
-    a cosine decay that would reach 0 one update after the last."""
-    warm = int(learning.warmup * updates)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if learning.schedule == "constant":
-            return 1.0
-        progress = (step - warm) / max(1, updates - warm)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``torch.device(device)``, refusing unknown names and devices this machine lacks."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"unknown device {device!r}; expected cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r} was asked for but no CUDA device is available; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UsageError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"device {device!r} is not supported; expected cpu or cuda")
-    return dev
-
-
-
 def evaluate(graph: CompiledGraph, spec: GraphSpec, solver: Solver, x: Tensor, y: Tensor) -> float:
     """The spec's test metric on (x, y): accuracy (the target's argmax after a feedforward pass or
     after inference with only the input clamped, ``train.eval``), or reconstruction MSE per pixel
@@ -131,7 +73,7 @@ def evaluate(graph: CompiledGraph, spec: GraphSpec, solver: Solver, x: Tensor, y
 def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root: str | None = None,
           device: str = "cpu", out: str | Path | None = None, progress: bool = True,
           log: Callable[[str], None] = print, method: str = "pc", resume: str | Path | None = None,
-          on_divergence: str = "stop") -> TrainResult:
+          on_divergence: str = "stop", nproc: int | None = None) -> TrainResult:
     """Train ``spec`` on its data set and return the final figures.
 
     ``method="pc"`` trains with predictive coding; ``"bp"`` trains the spec's backprop baseline
@@ -146,11 +88,34 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
     result equals an uninterrupted run's, bit for bit on the CPU. SIGINT/SIGTERM finish the current
     batch, save a checkpoint (with ``out``) and raise :class:`Interrupted`. ``on_divergence="skip"``
     skips a batch whose energy becomes NaN/inf (counted in the metrics) instead of stopping.
+
+    Data parallel (:mod:`pcgraph._impl.distributed`): ``nproc=N > 1`` starts N processes on this
+    machine; under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK set) it joins torchrun's process
+    group. ``data.batch_size`` stays the global batch: each rank relaxes a contiguous shard of it
+    and the gradients are averaged over the whole batch, so an update equals the single-process
+    one. Rank 0 logs and writes; checkpoints count global batches, so a run resumes on any N.
     """
     if method not in ("pc", "bp"):
         raise ValueError(f"method must be pc or bp, got {method!r}")
     if on_divergence not in ("stop", "skip"):
         raise UsageError(f"on_divergence must be stop or skip, got {on_divergence!r}")
+    if nproc is not None and nproc < 1:
+        raise UsageError(f"the number of processes must be at least 1, got {nproc}")
+    args = dict(spec=spec, epochs=epochs, data_root=data_root, device=device, out=out, progress=progress,
+                log=log, method=method, resume=resume, on_divergence=on_divergence)
+    if nproc is not None and nproc > 1:
+        if distributed.under_torchrun():
+            raise UsageError("--nproc starts its own processes; under torchrun leave it out "
+                             "(torchrun's --nproc-per-node sets the number)")
+        dev = resolve_device(device)
+        distributed.check_devices(dev, nproc)
+        return distributed.launch(train, nproc, dev, args)
+    with distributed.joined(resolve_device(device)) as ctx:
+        return _train(ctx, **args)
+
+
+def _train(ctx: distributed.Context, spec, epochs, data_root, device, out, progress, log, method, resume,
+           on_divergence) -> TrainResult:
     saved = None
     if resume is not None:
         saved = checkpoint.read(resume)
@@ -163,9 +128,14 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
         hint = "; a graph with delayed edges runs along sequences: use pcgraph filter" \
             if any(e.delay for e in spec.graph.edges) else ""
         raise SpecError("training needs a data section naming the input node" + hint, "data")
-    dev = resolve_device(device)
+    dev = ctx.device(resolve_device(device))
     if epochs is not None and epochs < 1:
         raise UsageError(f"the number of epochs must be at least 1, got {epochs}")
+    if ctx.world > 1 and spec.learning.variant == "incremental" and spec.inference.tol is not None:
+        raise UsageError("incremental PC with inference.tol cannot run on several processes: ranks would "
+                         "stop inference, and so their parameter steps, at different steps")
+    if not ctx.main:  # rank 0 logs and writes; the others only compute
+        log, progress = _quiet, False
     torch.manual_seed(spec.train.seed)
     graph = compile(spec).to(dev)
     task = Objective(spec, graph)
@@ -208,15 +178,18 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
         history = list(saved["history"])
         first_epoch, position, partial = saved["epoch"] + 1, saved["position"], saved["partial"]
         perm = saved["perm"].to(dev) if saved["perm"] is not None else None
+    ctx.broadcast(model)  # every rank starts from rank 0's parameters
+    stepper = distributed.ReducingOptimizer(optimizer) if ctx.world > 1 else optimizer
     out = Path(out) if out is not None else None
+    folder = out if ctx.main else None  # where this rank writes
     columns = ("epoch", "energy", *(("train_accuracy",) if scored else ()), f"test_{task.metric}",
                "seconds", "skipped_batches")
-    if out is not None and saved is None:
+    if folder is not None and saved is None:
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "spec.yaml").write_text(spec.to_yaml())
-            (out / "metrics.jsonl").write_text("")
-            (out / "metrics.csv").write_text(",".join(columns) + "\n")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "spec.yaml").write_text(spec.to_yaml())
+            (folder / "metrics.jsonl").write_text("")
+            (folder / "metrics.csv").write_text(",".join(columns) + "\n")
         except OSError as err:
             raise UsageError(f"cannot write the run folder {str(out)!r}: {err.strerror or err}") from None
 
@@ -232,11 +205,16 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
             if position == 0:
                 perm = torch.randperm(len(x_train), generator=gen).to(dev)
                 partial = {"energy": 0.0, "correct": 0, "seen": 0, "skipped": 0}
-            energy = torch.tensor(partial["energy"], device=dev)
-            correct = torch.tensor(partial["correct"], device=dev)
-            seen, skipped = partial["seen"], partial["skipped"]
+            own = partial if ctx.main else {**partial, "energy": 0.0, "correct": 0, "seen": 0}  # sums over ranks
+            energy = torch.tensor(own["energy"], device=dev)
+            correct = torch.tensor(own["correct"], device=dev)
+            seen, skipped = own["seen"], own["skipped"]
             for i in progress_bar(range(position, len(perm), d.batch_size), f"epoch {epoch}/{n_epochs}", progress):
-                idx = perm[i: i + d.batch_size]
+                whole = perm[i: i + d.batch_size]  # the global batch; this rank takes [lo, hi) of it
+                lo, hi = distributed.shard(len(whole), ctx.rank, ctx.world)
+                idx = whole[lo:hi] if hi > lo else whole[:1]  # an empty shard: a stand-in, weight 0
+                if stepper is not optimizer:
+                    stepper.prepare(hi - lo, len(whole), stop.requested)
                 batch = task.batch(x_train[idx], y_train[idx], classes)
                 try:
                     if method == "pc":
@@ -244,33 +222,42 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
                         if extra_pass:
                             with torch.no_grad():
                                 predicted = graph({d.input: batch[d.input]})[d.target]
-                        r = solver.step(graph, batch, optimizer)
-                        energy += r.energy[-1]
+                        r = solver.step(graph, batch, stepper)
+                        if hi > lo:
+                            energy += r.energy[-1]
                         predicted = r.predicted.get(d.target, predicted) if scored else None
                     else:
                         predicted = None
                         if scored:
                             with torch.no_grad():
                                 predicted = graph({d.input: batch[d.input]})[d.target]
-                        energy += baseline.step(batch, optimizer) * len(idx)
+                        energy += baseline.step(batch, stepper) * (hi - lo)
                     scheduler.step()
-                    seen += len(idx)
-                    if predicted is not None:
+                    seen += hi - lo
+                    if predicted is not None and hi > lo:
                         correct += (predicted.argmax(1) == y_train[idx]).sum()
                 except DivergenceError as err:  # raised before any parameter changed
+                    if stepper is not optimizer and not isinstance(err, distributed.PeerDivergence):
+                        stepper.abstain()  # the other ranks wait in this update's all-reduce
                     if on_divergence == "stop":
-                        raise DivergenceError(f"epoch {epoch}, batch {i // d.batch_size + 1}: {err}") from None
+                        raise type(err)(f"epoch {epoch}, batch {i // d.batch_size + 1}: {err}") from None
                     skipped += 1
-                if stop.requested:
-                    partial = {"energy": float(energy), "correct": int(correct), "seen": seen, "skipped": skipped}
+                if stepper.stop if stepper is not optimizer else stop.requested:  # the same batch on every rank
+                    e, c, n = ctx.sum([float(energy), float(correct), seen])
+                    partial = {"energy": e, "correct": int(c), "seen": int(n), "skipped": skipped}
                     if out is not None:
-                        checkpoint.save(out, snapshot(epoch - 1, i + d.batch_size, perm, partial))
+                        if folder is not None:
+                            checkpoint.save(folder, snapshot(epoch - 1, i + d.batch_size, perm, partial))
                         raise Interrupted(f"interrupted in epoch {epoch}; resume with: pcgraph train --resume {out}")
                     raise Interrupted(f"interrupted in epoch {epoch}; nothing saved (no --out given)")
             position = 0
             _check_parameters(graph, epoch)
             seconds = time.perf_counter() - start
-            test = task.evaluate(graph, solver, x_test, y_test, baseline)
+            lo, hi = distributed.shard(len(x_test), ctx.rank, ctx.world)  # each rank scores a slice
+            test = task.evaluate(graph, solver, x_test[lo:hi], y_test[lo:hi], baseline) if hi > lo else 0.0
+            if ctx.world > 1:
+                energy, correct, seen, test = ctx.sum([float(energy), float(correct), seen, test * (hi - lo)])
+                test /= len(x_test)
             row = {"epoch": epoch, "energy": float(energy) / max(seen, 1)}
             if scored:
                 row["train_accuracy"] = float(correct) / max(seen, 1)
@@ -280,19 +267,23 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
             shown += f"test acc {100 * test:6.2f}%" if task.classify else f"test mse {test:.4e}"
             log(f"epoch {epoch:3d}  energy {row['energy']:.4f}  {shown}  {seconds:6.2f} s"
                 + (f"  ({skipped} batches skipped)" if skipped else ""))
-            if out is not None:
-                with open(out / "metrics.jsonl", "a") as f:
+            if folder is not None:
+                with open(folder / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
-                with open(out / "metrics.csv", "a") as f:
+                with open(folder / "metrics.csv", "a") as f:
                     f.write(",".join(str(row[c]) for c in columns) + "\n")
-                checkpoint.save(out, snapshot(epoch, 0, None, None))
-    if out is not None:
-        torch.save(model.state_dict(), out / "model.pt")
+                checkpoint.save(folder, snapshot(epoch, 0, None, None))
+    if folder is not None:
+        torch.save(model.state_dict(), folder / "model.pt")
     last, key = history[-1], f"test_{task.metric}"
     best = (max if task.higher_is_better else min)(h[key] for h in history)
     return TrainResult(spec.name, n_epochs, task.metric, last[key], best, last.get("train_accuracy"),
                        last["energy"], [h["seconds"] for h in history], sum(p.numel() for p in model.parameters()),
                        graph.states_per_sample() if baseline is None else 0, history)
+
+
+def _quiet(line: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def _check_parameters(graph: CompiledGraph, epoch: int) -> None:

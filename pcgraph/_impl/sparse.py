@@ -14,11 +14,22 @@ import warnings
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 with warnings.catch_warnings():  # torch-geometric's import-time deprecation notices
     warnings.simplefilter("ignore")
     from torch_geometric.nn import MessagePassing
     from torch_geometric.utils import spmm
+
+
+_optimizer_steps = [0]  # bumped after every torch.optim step: fused optimizers leave _version alone
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    _optimizer_steps[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
@@ -64,8 +75,9 @@ class SparseLinear(MessagePassing):
         return _csr(self.crow, self.edge_index[0], self.weight, (self.n_target, self.n_source))
 
     def adjacency_t(self) -> Tensor:
-        """A^T in CSR form, rebuilt only when the weights change (local rules, no autograd)."""
-        key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype)
+        """A^T in CSR form, rebuilt only when the weights may have changed: an in-place edit
+        (the version counter), a move, or any optimizer step (local rules, no autograd)."""
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype, _optimizer_steps[0])
         if self._transposed is None or self._transposed[0] != key:
             values = self.weight.detach()[self.t_perm]
             self._transposed = (key, _csr(self.t_crow, self.t_col, values, (self.n_source, self.n_target)))

@@ -153,3 +153,24 @@ def test_sparse_needs_flat_nodes():
         compile(pcgraph.spec_from_yaml(YAML.format(n=5, src="y", op="{kind: sparse, generator: random, "
                                                    "args: {p: 0.5}}")))
     assert err.value.path == "graph.edges[0].fn[1]"
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.SGD(ps, lr=0.1),
+    lambda ps: torch.optim.Adam(ps, lr=0.1, foreach=True),
+    lambda ps: torch.optim.Adam(ps, lr=0.1, fused=True),
+    lambda ps: torch.optim.AdamW(ps, lr=0.1, foreach=False),
+])
+def test_cached_transpose_follows_every_optimizer_step(make):
+    """The local rule's A^T is cached between weight changes; fused optimizers change the weights
+    without bumping their version counter, so the cache must notice optimizer steps too."""
+    m = SparseLinear(torch.tensor([0, 2, 1, 3]), torch.tensor([1, 1, 3, 0]), 4, 4)
+    opt = make(m.parameters())
+    g, x = torch.randn(3, 4), torch.randn(3, 4)
+    for _ in range(3):
+        torch.testing.assert_close(m.local_vjp(x, g, None, True), g @ m.dense())
+        m.weight.grad, m.bias.grad = torch.randn(4), torch.randn(4)
+        opt.step()
+    with torch.no_grad():
+        m.weight.mul_(2.0)  # a manual in-place edit
+    torch.testing.assert_close(m.local_vjp(x, g, None, True), g @ m.dense())

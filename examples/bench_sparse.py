@@ -8,7 +8,8 @@ mu_i = sum_{j -> i} w_ij tanh(x_j) + b_i, with a tenth of the neurons clamped (t
 inferred from zeros). N = E / degree (default degree 100), so neurons and connections grow
 together and the cost per step should grow linearly with E. One step = one energy and
 state-gradient evaluation (two sparse products, A f(x) and A^T g) and one state update; it is
-timed as (time of a 2T-step relaxation - time of a T-step one) / T, after a warm-up.
+timed as (time of a 2T-step relaxation - time of a T-step one) / T (T = 10, more for small graphs),
+after a warm-up, each the fastest of 5 runs.
 
 Each size runs in a fresh process, so "peak RSS" is that size's own peak resident memory (the
 Python process with torch and torch-geometric loaded takes ~0.4 GB of it). Run it on an idle
@@ -29,8 +30,8 @@ import torch
 import pcgraph
 
 
-def graph_for(edges: int, degree: int, seed: int = 0) -> tuple[pcgraph.CompiledGraph, int]:
-    n = max(edges // degree, int(edges ** 0.5) + 2)
+def graph_for(edges: int, degree: int, neurons: int | None = None, seed: int = 0) -> tuple[pcgraph.CompiledGraph, int]:
+    n = neurons or max(edges // degree, int(edges ** 0.5) + 2)
     g = pcgraph.Graph("bench-sparse")
     g.node("x", n)
     g.edge("x", "x", "tanh", {"kind": "sparse", "generator": "random", "args": {"edges": edges}, "seed": seed})
@@ -38,9 +39,9 @@ def graph_for(edges: int, degree: int, seed: int = 0) -> tuple[pcgraph.CompiledG
     return pcgraph.compile(g.spec(), max_bytes=2**40), n
 
 
-def one(edges: int, degree: int, batch: int, steps: int) -> dict:
-    """Time one size in this process."""
-    graph, n = graph_for(edges, degree)
+def one(edges: int, degree: int, neurons: int | None, batch: int, steps: int, repeats: int) -> dict:
+    """Time one size in this process (the fastest of ``repeats`` runs of each length)."""
+    graph, n = graph_for(edges, degree, neurons)
     x = torch.randn(batch, n)
     clamp = {"x": pcgraph.Clamp(x, slice(0, max(1, n // 10)))}
 
@@ -51,8 +52,8 @@ def one(edges: int, degree: int, batch: int, steps: int) -> dict:
         return time.perf_counter() - start
 
     relax(2)  # warm-up
-    short = min(relax(steps) for _ in range(2))
-    long = min(relax(2 * steps) for _ in range(2))
+    short = min(relax(steps) for _ in range(repeats))
+    long = min(relax(2 * steps) for _ in range(repeats))
     per_step = max(long - short, 1e-9) / steps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     return {"edges": edges, "neurons": n, "batch": batch, "s_per_step": per_step,
@@ -63,21 +64,26 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--edges", type=float, nargs="+", default=[1e4, 1e5, 1e6, 1e7])
     p.add_argument("--degree", type=int, default=100, help="connections per neuron (N = E / degree)")
+    p.add_argument("--neurons", type=int, help="a fixed N instead (the degree grows with E)")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=10, help="T of the timed relaxations")
+    p.add_argument("--steps", type=int, help="T of the timed relaxations (default: max(10, 2e6 / E), "
+                   "so a small graph's timing is not all noise)")
+    p.add_argument("--repeats", type=int, default=5, help="runs of each length; the fastest counts")
     p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child process: one size
     args = p.parse_args()
     if args.one:
-        print(json.dumps(one(int(args.edges[0]), args.degree, args.batch, args.steps)))
+        print(json.dumps(one(int(args.edges[0]), args.degree, args.neurons, args.batch, args.steps, args.repeats)))
         return
     rows = []
     header = f"{'connections':>12} {'neurons':>8} {'s/step':>9} {'connections/s':>14} {'x batch /s':>11} {'peak RSS':>9}"
     print(f"batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(header)
     for e in args.edges:
-        out = subprocess.run([sys.executable, __file__, "--one", "--edges", str(int(e)), "--degree", str(args.degree),
-                              "--batch", str(args.batch), "--steps", str(args.steps)],
+        fixed = ["--neurons", str(args.neurons)] if args.neurons else []
+        out = subprocess.run([sys.executable, __file__, "--one", "--edges", str(int(e)), "--degree", str(args.degree), *fixed,
+                              "--batch", str(args.batch), "--steps", str(args.steps or max(10, int(2e6 // e))),
+                              "--repeats", str(args.repeats)],
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(r)

@@ -17,6 +17,7 @@ a bipartite generator gets its two part sizes (``n1, n2`` or ``n, m``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable
@@ -143,6 +144,7 @@ def _generate(name: str, args: tuple, seed: int, self_loops: bool, n_source: int
                 kwargs.setdefault("n", vertices)
             if "seed" in params:
                 kwargs.setdefault("seed", seed)
+            _check_size(name, kwargs)
             out = fn(**kwargs)
     except SpecError:
         raise
@@ -171,6 +173,30 @@ def _generate(name: str, args: tuple, seed: int, self_loops: bool, n_source: int
         keep = (u < n_source) & (v >= n_source)
         v = v - n_source
     return _sorted(u[keep], v[keep], n_source)
+
+
+NETWORKX_MAX_EDGES = 5_000_000  # networkx keeps ~0.3 kB per edge in Python dicts
+
+
+def _check_size(name: str, kwargs: dict) -> None:
+    """Refuse, before building, a networkx graph too large to build in Python (where its size
+    follows from the arguments: complete and G(n, p) / G(n, m) graphs)."""
+    n, p, m = kwargs.get("n"), kwargs.get("p"), kwargs.get("m")
+    n1, n2 = kwargs.get("n1"), kwargs.get("n2")
+    estimate = None
+    with contextlib.suppress(TypeError, ValueError):
+        if name == "complete_graph" and isinstance(n, int):
+            estimate = n * (n - 1) / 2
+        elif name in ("erdos_renyi_graph", "gnp_random_graph", "fast_gnp_random_graph", "binomial_graph"):
+            estimate = float(p) * n * (n - 1) / 2
+        elif name in ("gnm_random_graph", "dense_gnm_random_graph"):
+            estimate = float(m)
+        elif name == "complete_bipartite_graph" and isinstance(n1, int) and isinstance(n2, int):
+            estimate = n1 * n2
+    if estimate is not None and estimate > NETWORKX_MAX_EDGES:
+        raise SpecError(f"{name} would build about {estimate:.3g} edges in networkx (limit "
+                        f"{NETWORKX_MAX_EDGES:.0e}); for graphs this large use generator: random (O(E) in torch) "
+                        "or register a fast topology (pcgraph.register_topology)", "generator")
 
 
 def _check_pairs(pairs: Tensor, name: str, self_loops: bool, n_source: int, n_target: int) -> Tensor:

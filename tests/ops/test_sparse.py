@@ -174,3 +174,10 @@ def test_cached_transpose_follows_every_optimizer_step(make):
     with torch.no_grad():
         m.weight.mul_(2.0)  # a manual in-place edit
     torch.testing.assert_close(m.local_vjp(x, g, None, True), g @ m.dense())
+
+
+def test_networkx_graphs_too_large_to_build_are_refused_before_building():
+    spec = pcgraph.spec_from_yaml(YAML.format(n=5000, src="x", op="{kind: sparse, generator: complete_graph}"))
+    with pytest.raises(SpecError, match="about 1.25e.07 edges in networkx") as err:
+        compile(spec)
+    assert err.value.path == "graph.edges[0].fn[1].generator"

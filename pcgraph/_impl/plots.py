@@ -21,13 +21,7 @@ def bp_sweep(result, path: str) -> None:
     ax.set_xlabel("output precision scale s")
     ax.set_ylabel("max relative error of PC / s vs BP")
     ax.legend()
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=120)
-    except OSError as err:
-        raise UsageError(f"cannot write the plot to {path!r}: {err.strerror or err}") from None
-    finally:
-        plt.close(fig)
+    save(fig, path)
 
 
 def tracks(estimates, truth, observations, path: str) -> None:
@@ -51,6 +45,17 @@ def tracks(estimates, truth, observations, path: str) -> None:
     ax.set_xlabel("state 0")
     ax.set_ylabel("state 1")
     ax.legend(fontsize=8)
+    save(fig, path, dpi=110)
+
+
+def save(fig, path: str, dpi: int = 120) -> None:
+    """Lay out, write and close ``fig``; an unwritable path is a UsageError (one CLI line)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=dpi)
+    except OSError as err:
+        raise UsageError(f"cannot write the figure to {path!r}: {err.strerror or err}") from None
+    finally:
+        plt.close(fig)

@@ -88,6 +88,7 @@ def draw(graph: CompiledGraph, path: str, max_neurons: int = 300) -> None:
     import matplotlib.pyplot as plt
     import networkx as nx
 
+    from pcgraph._impl.plots import save
     from pcgraph.errors import UsageError
 
     stats = degree_stats(graph)
@@ -116,10 +117,4 @@ def draw(graph: CompiledGraph, path: str, max_neurons: int = 300) -> None:
     ax.set_title(f"{graph.spec.name}: {stats['neurons']} neurons, {stats['connections']:,} connections")
     ax.legend(loc="upper right", fontsize=8)
     ax.set_axis_off()
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=120)
-    except OSError as err:
-        raise UsageError(f"cannot write the drawing to {path!r}: {err.strerror or err}") from None
-    finally:
-        plt.close(fig)
+    save(fig, path)

@@ -1,7 +1,9 @@
 """The solver: inference (state relaxation, eqs. 34-35) and learning (eqs. 38-39).
 
 Given a batch ``{node: tensor}``, the given nodes are clamped and every other node is inferred:
-``x <- x - lr * dE/dx`` (or momentum / Adam) for T steps or until the gradient is small. Learning
+``x <- x - lr * dE/dx`` (or momentum / Adam) for T steps or until the gradient is small; a
+:class:`Clamp` entry clamps some neurons of a node and leaves the rest to inference (its gradient
+is masked at the clamped ones). Learning
 then takes one optimizer step on ``dE/dtheta`` at the relaxed states, averaged over the batch.
 Standard and incremental PC are settings of one :class:`Solver`, never copies of it.
 

@@ -50,6 +50,10 @@ class Objective:
         self.classify = d.target is not None and d.complete is None
         self.metric = "accuracy" if self.classify else "mse"
         self.higher_is_better = self.classify
+        partial = self.input_ref.neurons is not None or (self.target_ref and self.target_ref.neurons is not None)
+        if self.classify and spec.train.eval == "feedforward" and partial:
+            raise SpecError("a feedforward evaluation reads whole nodes; with neuron ranges in data use "
+                            "train.eval: inference", "train.eval")
         if self.classify or self.hidden is not None:
             return
         if self.input_ref.neurons is not None:

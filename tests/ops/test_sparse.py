@@ -111,7 +111,7 @@ def test_fan_in_init_bounds():
     w = m.weight.detach()
     assert bool((w[:3].abs() <= 3 ** -0.5).all()) and float(w[3].abs()) <= 1.0
     z = SparseLinear(torch.tensor([0]), torch.tensor([0]), 1, 1, init="zeros")
-    assert float(z.weight) == 0.0
+    assert float(z.weight.detach()) == 0.0
 
 
 YAML = """

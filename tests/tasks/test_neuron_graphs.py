@@ -83,6 +83,18 @@ def test_bad_data_references_name_the_field(data, path, words):
     assert err.value.path == path
 
 
+def test_feedforward_evaluation_of_neuron_ranges_is_refused():
+    g = pcgraph.Graph("t")
+    g.node("x", 6)
+    g.node("h", 4)
+    g.edge("x", "h", "linear")
+    g.data(dataset="digits", input="x[0:4]", target="h")
+    spec = g.spec()
+    with pytest.raises(pcgraph.SpecError, match="use train.eval: inference") as err:
+        Objective(spec, pcgraph.compile(spec))
+    assert err.value.path == "train.eval"
+
+
 def test_wrong_label_range_size_is_refused():
     d = pcgraph.load_spec(FC).model_dump(by_alias=True)
     d["data"]["target"] = "x[64:73]"

@@ -8,6 +8,7 @@ line of stdout is one JSON object with the final figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -52,8 +53,14 @@ def cmd_show(args) -> int:
     print()
     _table(("from", "to", "ops", "params"), edge_rows)
     print()
+    inferred = graph.states_per_sample()
+    if spec.data is not None:  # neuron ranges of the data section are clamped too
+        from pcgraph.tasks.objective import Objective
+
+        with contextlib.suppress(SpecError):
+            inferred = Objective(spec, graph).states_per_sample(graph)
     print(f"total: {len(graph.nodes)} nodes, {len(graph.edges)} edges, {graph.num_params():,} parameters, "
-          f"{graph.states_per_sample():,} inferred states per sample")
+          f"{inferred:,} inferred states per sample")
     bp_params = graph.num_params()
     if spec.bp.encoder is not None:
         from pcgraph.tasks.objective import Backprop
@@ -79,7 +86,7 @@ def cmd_show(args) -> int:
                   "(the degree statistics above describe it)")
     if args.json:
         print(json.dumps({"name": spec.name, "params": graph.num_params(),
-                          "states_per_sample": graph.states_per_sample(), "bp_params": bp_params,
+                          "states_per_sample": inferred, "bp_params": bp_params,
                           "nodes": len(graph.nodes), "edges": len(graph.edges), **({"neuron_level": stats} if stats else {})}))
     return 0
 

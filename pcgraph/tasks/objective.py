@@ -97,6 +97,17 @@ class Objective:
             out[v] = Clamp(out[v].reshape(-1, *self.shapes[v]), index)
         return out
 
+    def states_per_sample(self, graph: CompiledGraph) -> int:
+        """Values inferred per training sample: every neuron not clamped by the data or an observed role."""
+        clamped = {v for v, n in graph.nodes.items() if n.spec.role == "observed"}
+        partly = 0
+        for ref in (self.input_ref, self.target_ref):
+            if ref is not None and ref.neurons is None:
+                clamped.add(ref.node)
+            elif ref is not None and ref.node not in clamped:
+                partly += ref.neurons.stop - ref.neurons.start
+        return graph.states_per_sample(clamped) - partly
+
     @staticmethod
     def _read(states: States, ref: NodeRef) -> Tensor:
         x = states[ref.node]

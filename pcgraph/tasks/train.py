@@ -279,7 +279,7 @@ def _train(ctx: distributed.Context, spec, epochs, data_root, device, out, progr
     best = (max if task.higher_is_better else min)(h[key] for h in history)
     return TrainResult(spec.name, n_epochs, task.metric, last[key], best, last.get("train_accuracy"),
                        last["energy"], [h["seconds"] for h in history], sum(p.numel() for p in model.parameters()),
-                       graph.states_per_sample() if baseline is None else 0, history)
+                       task.states_per_sample(graph) if baseline is None else 0, history)
 
 
 def _quiet(line: str) -> None:

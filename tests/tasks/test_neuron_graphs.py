@@ -142,3 +142,12 @@ def test_show_prints_degrees_and_draws(tmp_path, capsys):
     big = tmp_path / "big.png"
     assert main(["show", FC, "--png", str(big), "--max-neurons", "100"]) == 0
     assert "not drawn: 138 neurons" in capsys.readouterr().out and not big.exists()
+
+
+def test_states_per_sample_count_only_the_unclamped_neurons():
+    spec = pcgraph.load_spec(FC)
+    graph = pcgraph.compile(spec)
+    assert Objective(spec, graph).states_per_sample(graph) == 138 - 74
+    mlp = pcgraph.load_spec("specs/digits_mlp.yaml")
+    g = pcgraph.compile(mlp)
+    assert Objective(mlp, g).states_per_sample(g) == g.states_per_sample() == 128

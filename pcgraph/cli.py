@@ -124,7 +124,8 @@ def cmd_eval(args) -> int:
     from pcgraph.data import load_dataset
     from pcgraph.solve import Solver
     from pcgraph.tasks.checkpoint import load
-    from pcgraph.tasks.train import evaluate, prepare, resolve_device
+    from pcgraph.tasks.objective import Objective
+    from pcgraph.tasks.train import prepare, resolve_device
 
     graph, spec = load(args.run)
     if spec.data is None:
@@ -132,9 +133,11 @@ def cmd_eval(args) -> int:
     dev = resolve_device(args.device)
     graph = graph.to(dev)
     _, _, x_test, y_test = prepare(load_dataset(spec.data.dataset, args.data_root), spec.data, graph, dev)
-    value = evaluate(graph, spec, Solver.from_spec(spec), x_test, y_test)
-    metric = "accuracy" if spec.data.target is not None else "mse"
-    how = spec.train.eval if metric == "accuracy" else "inferred code"
+    task = Objective(spec, graph)
+    value = task.evaluate(graph, Solver.from_spec(spec), x_test, y_test)
+    metric = task.metric
+    how = (spec.train.eval if metric == "accuracy" else f"completing {spec.data.complete}" if task.hidden
+           else "inferred code")
     print(f"{spec.name}: test {_score(metric, value)} ({how}, {len(y_test)} samples)")
     if args.json:
         print(json.dumps({"name": spec.name, f"test_{metric}": value, "samples": len(y_test)}))
@@ -273,6 +276,11 @@ def _data_batch(spec, graph, args, dtype):
     from pcgraph.tasks.train import prepare
 
     d = spec.data
+    for field in ("input", "target"):
+        ref = d.ref(field)
+        if ref is not None and ref.neurons is not None:
+            raise SpecError(f"verify-bp compares with backprop, which clamps whole nodes; {getattr(d, field)} is "
+                            "a range of neurons (use --random-batch to clamp whole nodes)", f"data.{field}")
     x, y, _, _ = prepare(load_dataset(d.dataset, args.data_root), d, graph, "cpu")
     batch = {d.input: x[: args.batch_size].to(dtype)}
     if d.target is not None:

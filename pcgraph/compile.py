@@ -311,7 +311,7 @@ class _Budget:
     def take(self, nbytes: int, path: str, what: str) -> None:
         self.used += nbytes
         if self.used > self.limit:
-            raise SpecError(f"{what} brings the estimated memory to {self.used / 2**30:.2f} GiB, over the "
+            raise SpecError(f"{what} brings the estimated memory to {self.used / 2**30:,.3g} GiB, over the "
                             f"limit of {self.limit / 2**30:.2f} GiB (set PCGRAPH_MAX_BYTES to raise it)", path)
 
 

@@ -135,6 +135,7 @@ class Solver:
     def _run(self, graph, batch, init, weight_optimizer, want_grads):
         b, batch, free = _check_batch(graph, batch)
         plan = Plan(graph, set(batch) - set(free), free)
+        local.refresh(graph)
         exact = self.variant == "exact"
         use_local = self.local_rules and local.supported(graph)
         if exact and not (graph.acyclic and use_local and not free):
@@ -289,10 +290,19 @@ def _check_batch(graph: CompiledGraph, batch: dict) -> tuple[int, States, States
 def _free_mask(graph: CompiledGraph, node: str, clamp: Clamp) -> Tensor:
     shape = graph.nodes[node].shape if node in graph.nodes else tuple(clamp.values.shape[1:])
     clamped = torch.zeros(math.prod(shape), dtype=torch.bool, device=clamp.values.device)
+    index = clamp.index
+    if not isinstance(index, slice):
+        index = torch.as_tensor(index, device=clamped.device)
+        if index.dtype != torch.bool:
+            if (index.is_floating_point() or index.is_complex()) and index.numel():
+                raise ValueError(f"Clamp index for node {node!r} must be a slice, integer indices or a boolean "
+                                 f"mask, got a {index.dtype} tensor")
+            index = index.to(torch.long)
     try:
-        clamped[clamp.index if isinstance(clamp.index, slice) else torch.as_tensor(clamp.index)] = True
+        clamped[index] = True
     except (IndexError, TypeError, RuntimeError) as err:
-        raise ValueError(f"Clamp index for node {node!r} does not fit its {math.prod(shape)} neurons: {err}") from None
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"Clamp index for node {node!r} does not fit its {math.prod(shape)} neurons: {first}") from None
     return (~clamped).reshape(1, *shape).to(clamp.values.dtype)
 
 

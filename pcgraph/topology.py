@@ -31,13 +31,23 @@ from pcgraph.errors import SpecError
 Topology = Callable[..., "nx.Graph | Tensor"]
 TOPOLOGIES: dict[str, Topology] = {}
 _NOT_FROM_SPECS = {"create_using", "backend"}  # networkx arguments that take Python objects
+# generators whose n is not the vertex count (2^n, 3^n, n^4, ... vertices): n must be given, and
+# their size is checked like every other's before building
+_N_IS_NOT_THE_SIZE = {"hypercube_graph", "binomial_tree", "dorogovtsev_goltsev_mendes_graph", "mycielski_graph",
+                      "sudoku_graph", "kneser_graph", "margulis_gabber_galil_graph", "random_cograph",
+                      "random_lobster", "random_lobster_graph", "random_unlabeled_tree", "random_unlabeled_rooted_tree",
+                      "random_unlabeled_rooted_forest", "prefix_tree", "prefix_tree_recursive", "nonisomorphic_trees",
+                      "number_of_nonisomorphic_trees", "graph_atlas"}
 
 
 def register_topology(name: str) -> Callable[[Topology], Topology]:
     """Register ``fn(n_source, n_target, seed, **args)`` under ``name``; it returns a networkx
-    graph (numbered as in the module docstring) or a ``(2, E)`` tensor of (source, target) pairs."""
+    graph (numbered as in the module docstring) or a ``(2, E)`` tensor of (source, target) pairs.
+    It may take ``self_loops`` (the op's setting: whether k -> k pairs are wanted)."""
     def add(fn: Topology) -> Topology:
         TOPOLOGIES[name] = fn
+        if "_generate" in globals():  # a name registered again must not answer with the old graph
+            forget()
         return fn
     return add
 
@@ -100,6 +110,11 @@ def connections(edges: list | None, generator: str | None, args: dict, seed: int
     return pairs[0], pairs[1]
 
 
+def forget() -> None:
+    """Drop the cached generated graphs (the op's build calls it: the module keeps its own copy)."""
+    _generate.cache_clear()
+
+
 def _from_list(edges: list, self_loops: bool, n_source: int, n_target: int) -> Tensor:
     seen: dict[tuple[int, int], int] = {}
     for k, (j, i) in enumerate(edges):
@@ -116,31 +131,32 @@ def _from_list(edges: list, self_loops: bool, n_source: int, n_target: int) -> T
     return _sorted(pairs[0], pairs[1], n_source)
 
 
-@functools.lru_cache(maxsize=8)  # param_count and build both ask for it
+@functools.lru_cache(maxsize=2)  # param_count and build both ask for it; compile clears it after
 def _generate(name: str, args: tuple, seed: int, self_loops: bool, n_source: int, n_target: int,
               square: bool) -> Tensor:
     vertices = n_source if square else n_source + n_target
     kwargs = {k: _thawed(v) for k, v in args}
     try:
+        fn = TOPOLOGIES[name] if name in TOPOLOGIES else _networkx(name)
+        skip = {"n_source", "n_target", "seed", "self_loops"} if name in TOPOLOGIES else _NOT_FROM_SPECS
+        params = {k: v for k, v in inspect.signature(fn).parameters.items()
+                  if k not in skip and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)}
+        if "self_loops" in kwargs:
+            raise SpecError("self_loops is the op's own setting (self_loops: true next to generator)",
+                            "args.self_loops")
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise SpecError(f"{name} has no argument {unknown[0]!r} (its arguments: {', '.join(params)})",
+                            f"args.{unknown[0]}")
         if name in TOPOLOGIES:
-            fn = TOPOLOGIES[name]
-            params = inspect.signature(fn).parameters
-            if "self_loops" in params:
-                kwargs.setdefault("self_loops", self_loops)
-            out = fn(n_source, n_target, seed, **kwargs)
+            extra = {"self_loops": self_loops} if "self_loops" in inspect.signature(fn).parameters else {}
+            out = fn(n_source, n_target, seed, **kwargs, **extra)
         else:
-            fn = _networkx(name)
-            params = {k: v for k, v in inspect.signature(fn).parameters.items()
-                      if k not in _NOT_FROM_SPECS and v.kind is not v.VAR_KEYWORD}
-            unknown = sorted(set(kwargs) - set(params))
-            if unknown:
-                raise SpecError(f"{name} has no argument {unknown[0]!r} (its arguments: {', '.join(params)})",
-                                f"args.{unknown[0]}")
             first_two = tuple(params)[:2]
             if not square and first_two in (("n1", "n2"), ("n", "m")) and "bipartite" in fn.__module__:
                 kwargs.setdefault(first_two[0], n_source)
                 kwargs.setdefault(first_two[1], n_target)
-            if "n" in params:
+            if "n" in params and name not in _N_IS_NOT_THE_SIZE:
                 kwargs.setdefault("n", vertices)
             if "seed" in params:
                 kwargs.setdefault("seed", seed)
@@ -148,7 +164,9 @@ def _generate(name: str, args: tuple, seed: int, self_loops: bool, n_source: int
             out = fn(**kwargs)
     except SpecError:
         raise
-    except (TypeError, ValueError, nx.NetworkXException, ZeroDivisionError, OverflowError) as err:
+    except MemoryError:
+        raise SpecError(f"{name}({_show(kwargs)}) ran out of memory building the graph", "args") from None
+    except (TypeError, ValueError, nx.NetworkXException, ZeroDivisionError, OverflowError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SpecError(f"{name}({_show(kwargs)}) failed: {first}", "args") from None
     if isinstance(out, Tensor):
@@ -178,21 +196,55 @@ def _generate(name: str, args: tuple, seed: int, self_loops: bool, n_source: int
 NETWORKX_MAX_EDGES = 5_000_000  # networkx keeps ~0.3 kB per edge in Python dicts
 
 
+def networkx_edges(name: str, kwargs: dict) -> float | None:
+    """Edges (or vertices, whichever is larger) a networkx generator will build, where its
+    arguments say it; None where they do not."""
+    n, p, m = kwargs.get("n"), kwargs.get("p"), kwargs.get("m")
+    n1, n2 = kwargs.get("n1"), kwargs.get("n2")
+    with contextlib.suppress(TypeError, ValueError, OverflowError):
+        if name == "complete_graph" and isinstance(n, int):
+            return n * (n - 1) / 2
+        if name in ("erdos_renyi_graph", "gnp_random_graph", "fast_gnp_random_graph", "binomial_graph"):
+            return float(p) * n * (n - 1) / 2
+        if name in ("gnm_random_graph", "dense_gnm_random_graph"):
+            return float(m)
+        if name == "complete_bipartite_graph" and isinstance(n1, int) and isinstance(n2, int):
+            return float(n1 * n2)
+        if name in ("hypercube_graph", "binomial_tree", "random_cograph") and isinstance(n, int):
+            return float(2 ** min(n, 1000)) * max(n, 1)
+        if name == "dorogovtsev_goltsev_mendes_graph" and isinstance(n, int):
+            return float(3 ** min(n, 1000))
+        if name == "mycielski_graph" and isinstance(n, int):
+            return float(3 * 2 ** min(n, 1000))
+        if name == "sudoku_graph" and isinstance(n, int):
+            return float(n) ** 6
+        if name == "margulis_gabber_galil_graph" and isinstance(n, int):
+            return 8.0 * n * n
+    return None
+
+
+def estimate_connections(generator: str, args: dict, seed: int, n_source: int, n_target: int,
+                         same_node: bool) -> float | None:
+    """Connections a generator will make, from its arguments alone (for the memory limit, before
+    anything is built); None when only building it would tell."""
+    if generator == "random":
+        if isinstance(args.get("edges"), int):
+            return float(args["edges"])
+        with contextlib.suppress(TypeError, ValueError, KeyError):
+            return float(args["p"]) * n_source * n_target
+        return None
+    if generator in TOPOLOGIES:
+        return None
+    kwargs = dict(args)
+    kwargs.setdefault("n", n_source if same_node else n_source + n_target)
+    edges = networkx_edges(generator, kwargs)
+    return None if edges is None else 2 * edges  # an undirected edge is two connections
+
+
 def _check_size(name: str, kwargs: dict) -> None:
     """Refuse, before building, a networkx graph too large to build in Python (where its size
     follows from the arguments: complete and G(n, p) / G(n, m) graphs)."""
-    n, p, m = kwargs.get("n"), kwargs.get("p"), kwargs.get("m")
-    n1, n2 = kwargs.get("n1"), kwargs.get("n2")
-    estimate = None
-    with contextlib.suppress(TypeError, ValueError):
-        if name == "complete_graph" and isinstance(n, int):
-            estimate = n * (n - 1) / 2
-        elif name in ("erdos_renyi_graph", "gnp_random_graph", "fast_gnp_random_graph", "binomial_graph"):
-            estimate = float(p) * n * (n - 1) / 2
-        elif name in ("gnm_random_graph", "dense_gnm_random_graph"):
-            estimate = float(m)
-        elif name == "complete_bipartite_graph" and isinstance(n1, int) and isinstance(n2, int):
-            estimate = n1 * n2
+    estimate = networkx_edges(name, kwargs)
     if estimate is not None and estimate > NETWORKX_MAX_EDGES:
         raise SpecError(f"{name} would build about {estimate:.3g} edges in networkx (limit "
                         f"{NETWORKX_MAX_EDGES:.0e}); for graphs this large use generator: random (O(E) in torch) "

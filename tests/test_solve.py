@@ -355,3 +355,12 @@ def test_bad_clamp_index_is_refused():
     graph = chain([3, 4, 2])
     with pytest.raises(ValueError, match="does not fit its 3 neurons"):
         pcgraph.Solver().relax(graph, {"x0": pcgraph.Clamp(torch.randn(2, 3, dtype=f64), [5])})
+
+
+def test_clamp_index_forms():
+    graph = chain([3, 4, 2])
+    x0 = torch.randn(2, 3, dtype=f64)
+    none = pcgraph.Solver(steps=2).relax(graph, {"x0": pcgraph.Clamp(x0, [])})
+    assert torch.isfinite(none.energy).all()
+    with pytest.raises(ValueError, match="integer indices or a boolean mask"):
+        pcgraph.Solver().relax(graph, {"x0": pcgraph.Clamp(x0, torch.tensor([0.5]))})

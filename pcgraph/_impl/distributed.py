@@ -90,6 +90,7 @@ class ReducingOptimizer:
     def __init__(self, optimizer: torch.optim.Optimizer):
         self.optimizer = optimizer
         self.local, self.total, self.stop_request, self.stop = 1, 1, False, False
+        self.updates, self.reduced = 1, 0  # all-reduces this batch makes (iPC: one per step), made so far
 
     @property
     def param_groups(self):
@@ -98,8 +99,11 @@ class ReducingOptimizer:
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
-    def prepare(self, local: int, total: int, stop_request: bool) -> None:
+    def prepare(self, local: int, total: int, stop_request: bool, updates: int = 1) -> None:
+        """Before each batch: this rank's and the global batch's sizes, the stop request, and how
+        many updates (all-reduces) the batch makes when nothing diverges."""
         self.local, self.total, self.stop_request = local, total, stop_request
+        self.updates, self.reduced = updates, 0
 
     def step(self) -> None:
         self._reduce(diverged=False)
@@ -107,8 +111,11 @@ class ReducingOptimizer:
 
     def abstain(self) -> None:
         """Join this update's all-reduce with no gradient and the divergence flag set: this rank's
-        relaxation diverged, so every rank skips (or stops on) the batch."""
-        self._reduce(diverged=True)
+        relaxation diverged, so every rank skips (or stops on) the batch. If the batch's updates
+        are all done (iPC whose energy diverged only after its last step), the peers expect no
+        more all-reduces for it: nothing is sent, and the divergence stays this rank's."""
+        if self.reduced < self.updates:
+            self._reduce(diverged=True)
 
     def _reduce(self, diverged: bool) -> None:
         params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
@@ -119,6 +126,7 @@ class ReducingOptimizer:
         flags = torch.tensor([float(diverged), float(self.stop_request)], dtype=dtype, device=device)
         flat = torch.cat([torch.cat(parts) * scale, flags])  # (sum of numels + 2,)
         dist.all_reduce(flat)
+        self.reduced += 1
         bad, stop = flat[-2:].tolist()  # the one host sync of an update
         self.stop = stop > 0
         if diverged:
@@ -218,7 +226,8 @@ def launch(fn, nproc: int, dev: torch.device, kwargs: dict, grace: float = 10.0)
                          f"function, not a lambda): {err}") from None
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    port, threads = _free_port(), max(1, len(os.sched_getaffinity(0)) // nproc)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    port, threads = _free_port(), max(1, cores // nproc)
     procs = [ctx.Process(target=_worker, args=(r, nproc, port, _backend(dev), threads, fn, kwargs, out))
              for r in range(nproc)]
     reports: list[tuple] = []

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from pcgraph.spec import Categorical
 
 _aten = torch.ops.aten
-_ELEMENTWISE = (nn.Identity, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.Flatten, nn.Unflatten)
+ELEMENTWISE = (nn.Identity, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.Flatten, nn.Unflatten)
 _WEIGHTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 
@@ -27,7 +27,7 @@ def supported(graph) -> bool:
     """True when every module of every edge has a closed-form VJP here or its own ``local_vjp``
     (and no node has a matrix or learnt precision: those go through autograd)."""
     return not len(graph.precisions) and all(
-        (isinstance(m, (*_WEIGHTED, *_POOLS, *_ELEMENTWISE)) or _has_own(m))
+        (isinstance(m, (*_WEIGHTED, *_POOLS, *ELEMENTWISE)) or _has_own(m))
         and not (isinstance(m, nn.GELU) and m.approximate != "none")
         and not (isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.padding_mode != "zeros")
         for e in graph.edges for m in e.pipeline
@@ -55,6 +55,15 @@ def edge_forward(edge, states: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]
         tape.append(x)
         x = m(x)
     return x, tape
+
+
+def refresh(graph) -> None:
+    """Let modules with cached derived weights (the sparse op's A^T) rebuild them: called at the
+    start of every relaxation, so edits made between relaxations, even through ``.data``, count."""
+    for e in graph.edges:
+        for m in e.pipeline:
+            if callable(getattr(m, "refresh", None)):
+                m.refresh()
 
 
 def _has_own(m: nn.Module) -> bool:

@@ -56,12 +56,12 @@ class SparseLinear(MessagePassing):
                  init: str = "fan_in"):
         super().__init__(aggr="add", node_dim=0)
         self.n_source, self.n_target = n_source, n_target
-        self.register_buffer("edge_index", torch.stack([src, dst]))
-        self.register_buffer("crow", _crow(dst, n_target))
+        self.register_buffer("edge_index", torch.stack([src, dst]))  # saved: checked when loaded
+        self.register_buffer("crow", _crow(dst, n_target), persistent=False)  # derived: not saved
         t = torch.argsort(src * n_target + dst)  # the transpose's CSR order
-        self.register_buffer("t_perm", t)
-        self.register_buffer("t_crow", _crow(src[t], n_source))
-        self.register_buffer("t_col", dst[t])
+        self.register_buffer("t_perm", t, persistent=False)
+        self.register_buffer("t_crow", _crow(src[t], n_source), persistent=False)
+        self.register_buffer("t_col", dst[t], persistent=False)
         self.weight = nn.Parameter(torch.zeros(len(src)))
         self.bias = nn.Parameter(torch.zeros(n_target)) if bias else None
         if init == "fan_in" and len(src):
@@ -74,9 +74,14 @@ class SparseLinear(MessagePassing):
         """A (N_target x N_source, CSR) with the weights as values (differentiable in them)."""
         return _csr(self.crow, self.edge_index[0], self.weight, (self.n_target, self.n_source))
 
+    def refresh(self) -> None:
+        """Forget the cached A^T (the solver calls it at the start of every relaxation)."""
+        self._transposed = None
+
     def adjacency_t(self) -> Tensor:
-        """A^T in CSR form, rebuilt only when the weights may have changed: an in-place edit
-        (the version counter), a move, or any optimizer step (local rules, no autograd)."""
+        """A^T in CSR form, cached within a relaxation and rebuilt when the weights may have
+        changed: an in-place edit (the version counter), a move, or any optimizer step (iPC steps
+        the weights inside a relaxation); :meth:`refresh` clears it before each relaxation."""
         key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype, _optimizer_steps[0])
         if self._transposed is None or self._transposed[0] != key:
             values = self.weight.detach()[self.t_perm]
@@ -89,6 +94,16 @@ class SparseLinear(MessagePassing):
         on every call, an O(E) copy that costs more than the product itself)."""
         out = self.message_and_aggregate(self.adjacency(), x.T.contiguous()).T
         return out + self.bias if self.bias is not None else out
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        saved = state_dict.get(prefix + "edge_index")
+        if saved is not None and not torch.equal(saved.to(self.edge_index.device), self.edge_index):
+            error_msgs.append(f"{prefix}edge_index: the saved connections differ from the ones the spec builds "
+                              "here (another networkx version or topology code?); the weights would not fit them")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def message(self, x_j: Tensor, edge_weight: Tensor) -> Tensor:  # the unfused (edge-list) path
         return edge_weight[:, None] * x_j

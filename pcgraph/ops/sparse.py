@@ -9,7 +9,7 @@ from pydantic import Field, NonNegativeInt, PrivateAttr, field_validator, model_
 from torch import nn
 
 from pcgraph.ops import Op, Shape, register_op
-from pcgraph.topology import connections, known_generator
+from pcgraph.topology import connections, estimate_connections, forget, known_generator
 
 
 @register_op
@@ -77,12 +77,15 @@ class Sparse(Op):
             return 0
         if self.edges is not None:
             n = len(self.edges)
-        else:
-            n = len(self._pairs(in_shape, target_shape)[0])
-        return n + (math.prod(target_shape) if self.bias else 0)
+        else:  # from the arguments where they tell, so the memory limit is checked before building
+            n = estimate_connections(self.generator, self.args, self.seed, in_shape[0], target_shape[0],
+                                     self._same_node)
+            n = len(self._pairs(in_shape, target_shape)[0]) if n is None else n
+        return int(n) + (math.prod(target_shape) if self.bias else 0)
 
     def build(self, in_shape: Shape, target_shape: Shape) -> nn.Module:
         from pcgraph._impl.sparse import SparseLinear  # torch-geometric loads only when needed
 
         src, dst = self._pairs(in_shape, target_shape)
+        forget()
         return SparseLinear(src, dst, in_shape[0], target_shape[0], bias=self.bias, init=self.init)

@@ -13,6 +13,7 @@ Table 1 (FLOPs per sample).
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -62,11 +63,10 @@ def flops_per_update(spec: GraphSpec, method: str) -> int:
     """FLOPs of one parameter update on a random batch of the spec's batch size (eager)."""
     torch.manual_seed(0)
     graph = compile(spec)
-    d = spec.data
-    b = d.batch_size
-    x = torch.rand(b, *graph.nodes[d.input].shape)
+    b = spec.data.batch_size
     task = Objective(spec, graph)
-    classes = graph.nodes[d.target].shape[0] if task.classify else 0
+    x = torch.rand(b, *task.shape(graph, task.input_ref))
+    classes = math.prod(task.shape(graph, task.target_ref)) if task.target_ref is not None else 0
     batch = task.batch(x, torch.randint(0, max(classes, 1), (b,)), classes)
     with FlopCounterMode(display=False) as counter:
         if method == "pc":

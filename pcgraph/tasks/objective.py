@@ -109,6 +109,11 @@ class Objective:
         return graph.states_per_sample(clamped) - partly
 
     @staticmethod
+    def shape(graph: CompiledGraph, ref: NodeRef) -> tuple[int, ...]:
+        """Per-sample shape of the data a reference takes: the node's, or (length,) for a range."""
+        return graph.nodes[ref.node].shape if ref.neurons is None else (ref.neurons.stop - ref.neurons.start,)
+
+    @staticmethod
     def _read(states: States, ref: NodeRef) -> Tensor:
         x = states[ref.node]
         return x if ref.neurons is None else x.reshape(len(x), -1)[:, ref.neurons]
@@ -156,6 +161,14 @@ class Backprop(nn.Module):
         super().__init__()
         self.graph = graph
         self.encoder = None
+        if not graph.acyclic:
+            raise SpecError("backprop needs a feedforward pass, and this graph has a cycle", "graph.edges")
+        d = spec.data
+        for field in ("input", "target"):
+            ref = d.ref(field) if d is not None else None
+            if ref is not None and ref.neurons is not None:
+                raise SpecError(f"the backprop baseline clamps whole nodes; {getattr(d, field)} is a range of "
+                                "neurons", f"data.{field}")
         enc = spec.bp.encoder
         if enc is None:
             return

@@ -11,12 +11,12 @@ from pcgraph.compile import CompiledGraph
 from pcgraph.data import Dataset
 from pcgraph.errors import SpecError, UsageError
 from pcgraph.spec import DataSpec, LearningSpec, Standardize
+from pcgraph.tasks.objective import Objective
 
 
 def prepare(data: Dataset, spec: DataSpec, graph: CompiledGraph, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Normalise the images and shape them to the input node: (N, *input_shape) on ``device``."""
-    ref, target = spec.ref("input"), spec.ref("target")
-    shape = graph.nodes[ref.node].shape if ref.neurons is None else (ref.neurons.stop - ref.neurons.start,)
+    shape, target = Objective.shape(graph, spec.ref("input")), spec.ref("target")
     norm = spec.normalize
     if isinstance(norm, Standardize):
         channels = data.x_train.shape[1] if data.x_train.dim() == 4 else 1
@@ -35,7 +35,7 @@ def prepare(data: Dataset, spec: DataSpec, graph: CompiledGraph, device) -> tupl
         x = x.reshape(len(x), *shape)
         out.append((x - 0.5) / 0.5 if norm == "center" else x)
     if target is not None:
-        got = graph.nodes[target.node].shape if target.neurons is None else (target.neurons.stop - target.neurons.start,)
+        got = Objective.shape(graph, target)
         if got != (data.num_classes,):
             raise SpecError(f"{spec.target!r} must have {data.num_classes} neurons ([{data.num_classes}]) for "
                             f"one-hot labels, got shape {list(got)}", "data.target")

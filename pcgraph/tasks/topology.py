@@ -2,9 +2,10 @@
 statistics, and a drawing for graphs of up to a few hundred neurons.
 
 A connection j -> i means neuron j of the source node enters the prediction mu_i of neuron i of
-the target. A sparse edge has exactly its listed connections; any other edge (linear, conv, ...)
-is counted as connecting every source neuron to every target neuron, its dependency structure
-for a linear map (an over-count for convolutions, whose neurons see only a window).
+the target. An edge whose only neuron-mixing op is one sparse op has exactly its listed
+connections; any other edge (linear, conv, a sparse op after a linear one, ...) is counted as
+connecting every source neuron to every target neuron, its dependency structure for a linear map
+(an over-count for convolutions, whose neurons see only a window).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pcgraph._impl.local import ELEMENTWISE
 from pcgraph.compile import CompiledGraph
 
 
@@ -38,6 +40,8 @@ def blocks(graph: CompiledGraph) -> list[Block]:
     out = []
     for i, e in enumerate(graph.edges):
         sparse = [m for m in e.pipeline if hasattr(m, "edge_index") and hasattr(m, "n_source")]
+        if sparse and not all(m is sparse[0] or isinstance(m, ELEMENTWISE) for m in e.pipeline):
+            sparse = []  # another op mixes neurons (a linear layer, a second sparse op): count it dense
         start = 0
         for s in e.sources:
             node, n = graph.delayed.get(s, s), math.prod(graph.nodes[s].shape)

@@ -214,7 +214,8 @@ def _train(ctx: distributed.Context, spec, epochs, data_root, device, out, progr
                 lo, hi = distributed.shard(len(whole), ctx.rank, ctx.world)
                 idx = whole[lo:hi] if hi > lo else whole[:1]  # an empty shard: a stand-in, weight 0
                 if stepper is not optimizer:
-                    stepper.prepare(hi - lo, len(whole), stop.requested)
+                    iterative = method == "pc" and solver.variant == "incremental"
+                    stepper.prepare(hi - lo, len(whole), stop.requested, solver.steps if iterative else 1)
                 batch = task.batch(x_train[idx], y_train[idx], classes)
                 try:
                     if method == "pc":

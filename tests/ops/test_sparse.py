@@ -182,3 +182,54 @@ def test_networkx_graphs_too_large_to_build_are_refused_before_building():
     with pytest.raises(SpecError, match="about 1.25e.07 edges in networkx") as err:
         compile(spec)
     assert err.value.path == "graph.edges[0].fn[1].generator"
+
+
+def test_edits_through_data_between_relaxations_are_seen():
+    """The cached A^T is rebuilt for every relaxation, whatever changed the weights."""
+    g = pcgraph.Graph("t")
+    g.node("x", 9)
+    g.edge("x", "x", "tanh", {"kind": "sparse", "generator": "cycle_graph"})
+    g.inference(init="zeros", steps=5)
+    spec = g.spec()
+    graph, fresh = compile(spec), compile(spec)
+    solver = pcgraph.Solver.from_spec(spec)
+    batch = {"x": pcgraph.Clamp(torch.randn(4, 9), slice(0, 3))}
+    solver.relax(graph, batch)  # fills the cache
+    graph.edges[0].pipeline[-1].weight.data.mul_(3)
+    fresh.load_state_dict(graph.state_dict())
+    a, b = solver.relax(graph, batch), solver.relax(fresh, batch)
+    torch.testing.assert_close(a.states["x"], b.states["x"])
+
+
+def test_checkpoints_keep_the_connections_and_refuse_other_ones():
+    g = pcgraph.Graph("t")
+    g.node("x", 6)
+    g.edge("x", "x", {"kind": "sparse", "generator": "erdos_renyi_graph", "args": {"p": 0.5}})
+    g.inference(init="zeros")
+    graph = compile(g.spec())
+    state = graph.state_dict()
+    assert sorted(k.rsplit(".", 1)[1] for k in state) == ["bias", "edge_index", "weight"]  # derived ones not saved
+    state["edges.0.pipeline.0.edge_index"] = state["edges.0.pipeline.0.edge_index"].flip(1)
+    with pytest.raises(RuntimeError, match="saved connections differ"):
+        graph.load_state_dict(state)
+
+
+def test_memory_limit_is_checked_before_the_connections_are_drawn():
+    spec = pcgraph.spec_from_yaml(YAML.format(n=20000, src="x", op="{kind: sparse, generator: random, "
+                                              "args: {edges: 50000000}}"))
+    with pytest.raises(SpecError, match="over the limit") as err:
+        compile(spec, max_bytes=10**8)
+    assert err.value.path == "graph.edges[0].fn[1]"
+
+
+@pytest.mark.parametrize(("op", "path", "words"), [
+    ("{kind: sparse, generator: hypercube_graph}", "graph.edges[0].fn[1].args", "missing"),
+    ("{kind: sparse, generator: hypercube_graph, args: {n: 138}}", "graph.edges[0].fn[1]", "over the limit"),
+    ("{kind: sparse, generator: random, args: {edges: 5, self_loops: true}}", "graph.edges[0].fn[1].args.self_loops",
+     "op's own setting"),
+    ("{kind: sparse, generator: random, args: {edge: 5}}", "graph.edges[0].fn[1].args.edge", "no argument 'edge'"),
+])
+def test_generators_whose_size_is_not_n_or_bad_arguments(op, path, words):
+    with pytest.raises(SpecError, match=words) as err:
+        compile(pcgraph.spec_from_yaml(YAML.format(n=5, src="x", op=op)))
+    assert err.value.path == path

@@ -151,3 +151,56 @@ def test_states_per_sample_count_only_the_unclamped_neurons():
     mlp = pcgraph.load_spec("specs/digits_mlp.yaml")
     g = pcgraph.compile(mlp)
     assert Objective(mlp, g).states_per_sample(g) == g.states_per_sample() == 128
+
+
+def test_backprop_and_verify_bp_refuse_neuron_ranges_in_one_line(tmp_path, capsys):
+    g = pcgraph.Graph("t")
+    g.node("x", 74)
+    g.node("h", 16)
+    g.edge("x", "h", "linear", "tanh")
+    g.edge("h", "x", "linear")
+    g.inference(init="zeros")
+    g.data(dataset="digits", input="x[0:64]", target="x[64:74]")
+    g.train(eval="inference")
+    with pytest.raises(pcgraph.SpecError, match="has a cycle"):
+        pcgraph.train(g.spec(), method="bp", progress=False, log=lambda s: None)
+    acyclic = pcgraph.Graph("t")
+    acyclic.node("x", 74)
+    acyclic.node("h", 16)
+    acyclic.edge("h", "x", "linear")
+    acyclic.inference(init="zeros")
+    acyclic.data(dataset="digits", input="x[0:64]", target="x[64:74]")
+    acyclic.train(eval="inference")
+    with pytest.raises(pcgraph.SpecError, match="clamps whole nodes") as err:
+        pcgraph.train(acyclic.spec(), method="bp", progress=False, log=lambda s: None)
+    assert err.value.path == "data.input"
+    path = tmp_path / "a.yaml"
+    path.write_text(acyclic.spec().to_yaml())
+    assert main(["verify-bp", str(path)]) == 2
+    err_line = capsys.readouterr().err.strip()
+    assert len(err_line.splitlines()) == 1 and "data.input" in err_line
+
+
+def test_flops_and_eval_of_the_neuron_level_specs(tmp_path, capsys):
+    from pcgraph.tasks.bench import flops_per_update
+
+    for path in (FC, MEMORY):
+        assert flops_per_update(pcgraph.load_spec(path), "pc") > 0
+    pcgraph.train(small(MEMORY, epochs=1), out=tmp_path / "run", progress=False, log=lambda s: None)
+    assert main(["eval", str(tmp_path / "run"), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "test mse" in out and "completing x[32:64]" in out
+    assert "test_mse" in json.loads(out.strip().splitlines()[-1])
+
+
+def test_show_counts_a_sparse_op_after_a_linear_one_as_dense(tmp_path, capsys):
+    g = pcgraph.Graph("t")
+    g.node("x", 10)
+    g.node("y", 5)
+    g.edge("x", "y", {"kind": "linear", "features": 20}, "tanh", {"kind": "sparse", "generator": "random",
+                                                                  "args": {"edges": 9}})
+    path = tmp_path / "s.yaml"
+    path.write_text(g.spec().to_yaml())
+    assert main(["show", str(path), "--png", str(tmp_path / "s.png"), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["neuron_level"]
+    assert stats["connections"] == 50

@@ -131,16 +131,18 @@ def _from_list(edges: list, self_loops: bool, n_source: int, n_target: int) -> T
     return _sorted(pairs[0], pairs[1], n_source)
 
 
-@functools.lru_cache(maxsize=2)  # param_count and build both ask for it; compile clears it after
+@functools.lru_cache(maxsize=2)  # param_count and build both ask for it; build then forgets it
 def _generate(name: str, args: tuple, seed: int, self_loops: bool, n_source: int, n_target: int,
               square: bool) -> Tensor:
     vertices = n_source if square else n_source + n_target
     kwargs = {k: _thawed(v) for k, v in args}
     try:
         fn = TOPOLOGIES[name] if name in TOPOLOGIES else _networkx(name)
-        skip = {"n_source", "n_target", "seed", "self_loops"} if name in TOPOLOGIES else _NOT_FROM_SPECS
-        params = {k: v for k, v in inspect.signature(fn).parameters.items()
-                  if k not in skip and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)}
+        params = dict(inspect.signature(fn).parameters)
+        if name in TOPOLOGIES:  # (n_source, n_target, seed, ...) come from the op, not from args
+            params = {k: v for k, v in list(params.items())[3:] if k != "self_loops"}
+        params = {k: v for k, v in params.items()
+                  if k not in _NOT_FROM_SPECS and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)}
         if "self_loops" in kwargs:
             raise SpecError("self_loops is the op's own setting (self_loops: true next to generator)",
                             "args.self_loops")

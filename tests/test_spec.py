@@ -139,6 +139,21 @@ def test_builder_accepts_op_objects():
     assert compile(spec).num_params() == 12
 
 
+def test_builder_matches_the_shipped_neuron_level_and_recurrent_specs():
+    g = Graph("digits-fc", "fully connected 138-neuron PC graph; pixels x[0:64], label x[64:74], 64 hidden neurons.")
+    g.node("x", 138)
+    g.edge("x", "x", "tanh", {"kind": "sparse", "generator": "complete_graph"})
+    g.inference(steps=20, init="zeros", optimizer={"kind": "sgd", "lr": 0.1, "momentum": 0.5})
+    g.learning(optimizer={"kind": "adam", "lr": 1.0e-3}, schedule="cosine")
+    g.data(dataset="digits", input="x[0:64]", target="x[64:74]", batch_size=32)
+    g.train(epochs=20, seed=0, eval="inference")
+    assert g.spec() == load_spec(ROOT / "specs" / "digits_fc.yaml")
+    r = Graph("r")
+    r.node("x", 2, prior={"mean": 0.0, "precision": 1.0})
+    r.edge("x", "x", {"kind": "linear", "bias": False}, delay=1)
+    assert r.spec().graph.edges[0].delay == 1
+
+
 def test_builder_errors_carry_yaml_paths():
     g = Graph("bad")
     g.node("a", 4, observed=True)

@@ -204,3 +204,12 @@ def test_show_counts_a_sparse_op_after_a_linear_one_as_dense(tmp_path, capsys):
     assert main(["show", str(path), "--png", str(tmp_path / "s.png"), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["neuron_level"]
     assert stats["connections"] == 50
+
+
+@pytest.mark.slow
+def test_shipped_neuron_level_specs_reach_their_readme_figures():
+    """The full runs behind README's table (seed 0, 20 epochs each, ~35 s)."""
+    fc = pcgraph.train(pcgraph.load_spec(FC), progress=False, log=lambda s: None)
+    assert fc.test_metric >= 0.93
+    memory = pcgraph.train(pcgraph.load_spec(MEMORY), progress=False, log=lambda s: None)
+    assert memory.test_metric <= 0.28

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 
 import pcgraph
+from pcgraph._impl import distributed
 from pcgraph.tasks.train import train
 
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = run(a.spec, [int(n) for n in a.nprocs.split(",")], a.epochs, a.data_root, a.device)
     for r in rows:
         r["samples_per_second"] = n_train / r["median_epoch_seconds"]
-    cores = len(os.sched_getaffinity(0))
+    cores = distributed.cores()
     print(f"\n{cores} cores; {n_train:,} training samples, global batch {spec.data.batch_size}")
     print(table(rows, n_train, cores))
     print(json.dumps({"cores": cores, "train_samples": n_train, "rows": rows}))

@@ -188,7 +188,12 @@ def check_devices(dev: torch.device, nproc: int) -> None:
         raise UsageError(f"--nproc {nproc} with --device cuda needs {nproc} GPUs, found {torch.cuda.device_count()}")
 
 
-def _free_port() -> int:
+def cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -226,8 +231,7 @@ def launch(fn, nproc: int, dev: torch.device, kwargs: dict, grace: float = 10.0)
                          f"function, not a lambda): {err}") from None
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    port, threads = _free_port(), max(1, cores // nproc)
+    port, threads = free_port(), max(1, cores() // nproc)
     procs = [ctx.Process(target=_worker, args=(r, nproc, port, _backend(dev), threads, fn, kwargs, out))
              for r in range(nproc)]
     reports: list[tuple] = []

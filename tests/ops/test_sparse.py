@@ -142,6 +142,12 @@ inference: {{init: zeros}}
     ("{kind: sparse, edges: [[1, 2]], generator: cycle_graph}", "graph.edges[0].fn[1]", "exactly one"),
     ("{kind: sparse}", "graph.edges[0].fn[1]", "exactly one"),
     ("{kind: sparse, edges: [[1, 2]], args: {p: 1}}", "graph.edges[0].fn[1]", "args are for a generator"),
+    # generators whose n is not the vertex count, and arguments the op owns or lacks
+    ("{kind: sparse, generator: hypercube_graph}", "graph.edges[0].fn[1].args", "missing"),
+    ("{kind: sparse, generator: hypercube_graph, args: {n: 138}}", "graph.edges[0].fn[1]", "over the limit"),
+    ("{kind: sparse, generator: random, args: {edges: 5, self_loops: true}}", "graph.edges[0].fn[1].args.self_loops",
+     "op's own setting"),
+    ("{kind: sparse, generator: random, args: {edge: 5}}", "graph.edges[0].fn[1].args.edge", "no argument 'edge'"),
 ])
 def test_bad_topologies_name_the_field(op, path, message):
     with pytest.raises(SpecError, match=message) as err:
@@ -220,16 +226,3 @@ def test_memory_limit_is_checked_before_the_connections_are_drawn():
     with pytest.raises(SpecError, match="over the limit") as err:
         compile(spec, max_bytes=10**8)
     assert err.value.path == "graph.edges[0].fn[1]"
-
-
-@pytest.mark.parametrize(("op", "path", "words"), [
-    ("{kind: sparse, generator: hypercube_graph}", "graph.edges[0].fn[1].args", "missing"),
-    ("{kind: sparse, generator: hypercube_graph, args: {n: 138}}", "graph.edges[0].fn[1]", "over the limit"),
-    ("{kind: sparse, generator: random, args: {edges: 5, self_loops: true}}", "graph.edges[0].fn[1].args.self_loops",
-     "op's own setting"),
-    ("{kind: sparse, generator: random, args: {edge: 5}}", "graph.edges[0].fn[1].args.edge", "no argument 'edge'"),
-])
-def test_generators_whose_size_is_not_n_or_bad_arguments(op, path, words):
-    with pytest.raises(SpecError, match=words) as err:
-        compile(pcgraph.spec_from_yaml(YAML.format(n=5, src="x", op=op)))
-    assert err.value.path == path

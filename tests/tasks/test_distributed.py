@@ -2,7 +2,6 @@
 on two processes resumes on one, only rank 0 writes, failures come back as one error."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -84,16 +83,10 @@ def _ranks_worker(rank, world, port, folder):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_one_update_on_two_ranks_equals_one_process_on_the_whole_batch(tmp_path):
     """Global batch 2 x 64: the parameters after one PC (and one BP) update equal a single
     process's on the same 128 samples, to 1e-6, in float64 and float32."""
-    mp.spawn(_ranks_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    mp.spawn(_ranks_worker, args=(2, distributed.free_port(), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for method, dtype in CASES:
         s, graph, model, batch, opt = setup(method, dtype)

@@ -18,7 +18,7 @@ import json
 import statistics
 
 import pcgraph
-from pcgraph._impl import distributed
+from pcgraph.tasks import distributed
 from pcgraph.tasks.train import train
 
 

@@ -25,9 +25,9 @@ import time
 import torch
 
 import pcgraph
-from pcgraph.optim import weight_optimizer
-from pcgraph.solve import Solver
+from pcgraph.solver import Solver
 from pcgraph.tasks.objective import Backprop, Objective
+from pcgraph.tasks.setup import weight_optimizer
 
 SPECS = {"specs/mnist_mlp.yaml": 60_000, "specs/cifar10_cnn.yaml": 50_000}
 METHODS = ("pc", "pc-captured", "bp")

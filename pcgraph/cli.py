@@ -3,6 +3,9 @@
 Bad input (a missing or invalid spec, a missing data set, an unknown device) prints one line on
 stderr and exits with status 2; a diverging run exits with status 1. With ``--json`` the last
 line of stdout is one JSON object with the final figures.
+
+(Longer than the ~300 lines the other modules keep to: it is one small function per subcommand
+and the argument parser that documents them all, which read best side by side in one file.)
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import sys
 from pcgraph.errors import DivergenceError, Interrupted, PCGraphError, SpecError, UsageError, WorkerError
 
 
-def _graph(args):
+def _graph(args, dtype=None):
+    import torch
+
     from pcgraph.compile import compile
     from pcgraph.spec import load_spec
 
     spec = load_spec(args.spec)
-    return spec, compile(spec)
+    return spec, compile(spec, dtype=dtype or torch.float32)
 
 
 def cmd_validate(args) -> int:
@@ -122,7 +127,7 @@ def _log_stderr(line: str) -> None:
 
 def cmd_eval(args) -> int:
     from pcgraph.data import load_dataset
-    from pcgraph.solve import Solver
+    from pcgraph.solver import Solver
     from pcgraph.tasks.checkpoint import load
     from pcgraph.tasks.objective import Objective
     from pcgraph.tasks.train import prepare, resolve_device
@@ -188,11 +193,10 @@ def cmd_bench(args) -> int:
 def cmd_filter(args) -> int:
     import torch
 
-    from pcgraph.optim import weight_optimizer
     from pcgraph.tasks import sequence as seq
+    from pcgraph.tasks.setup import weight_optimizer
 
-    spec, graph = _graph(args)
-    graph = graph.double()
+    spec, graph = _graph(args, torch.float64)  # the spec's values (A, C, Q, R) in full precision
     if not graph.delayed:
         raise UsageError(f"{args.spec}: the graph has no delayed edge (delay: 1), so there is nothing to filter")
     truth = None
@@ -221,7 +225,7 @@ def cmd_filter(args) -> int:
            [(r["method"], f"{r['state_rmse']:.4f}" if "state_rmse" in r else "-", f"{r['prediction_mse']:.4e}")
             for r in rows], sys.stderr if args.json else None)
     if args.plot:
-        from pcgraph._impl import plots
+        from pcgraph.tasks import plots
 
         plots.tracks(tracks, truth, observations, args.plot)
     if args.json:
@@ -261,7 +265,7 @@ def cmd_verify_bp(args) -> int:
         print(f"\nworst relative error {result.worst_rel_error:.3e} (tolerance {result.tol:g}): "
               + ("OK" if result.ok else "FAILED"))
     if args.plot:
-        from pcgraph._impl import plots
+        from pcgraph.tasks import plots
 
         plots.bp_sweep(result, args.plot)
     if args.json:

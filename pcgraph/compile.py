@@ -9,187 +9,17 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 
 import networkx as nx
 import torch
-from torch import Tensor, nn
 
-from pcgraph import energy as E
-from pcgraph._impl.local import combine, edge_forward
+from pcgraph.compiled import CompiledGraph, Edge, Node, States, combine, edge_forward
 from pcgraph.errors import SpecError
-from pcgraph.ops import Op, Shape
-from pcgraph.precision import Precision, node_precisions
-from pcgraph.spec import Categorical, GraphSpec, NodeSpec
+from pcgraph.ops import Op
+from pcgraph.spec import GraphSpec, NodeSpec
 
-States = dict[str, Tensor]
-
-
-class Edge(nn.Module):
-    """f_e(x_src): ``combine`` the source states, then run the op pipeline."""
-
-    def __init__(self, sources: list[str], target: str, combine: str, pipeline: list[nn.Module]):
-        super().__init__()
-        self.sources, self.target, self.combine = sources, target, combine
-        self.pipeline = nn.Sequential(*pipeline)
-
-    def forward(self, states: States) -> Tensor:
-        return edge_forward(self, states)[0]
-
-    def extra_repr(self) -> str:
-        return f"{'+'.join(self.sources)} -> {self.target}"
-
-
-@dataclass(frozen=True)
-class Node:
-    name: str
-    shape: Shape
-    spec: NodeSpec
-    incoming: tuple[int, ...]  # indices of edges predicting this node
-    outgoing: tuple[int, ...]  # indices of edges reading this node
-
-    @property
-    def has_energy(self) -> bool:
-        return bool(self.incoming) or self.spec.prior is not None
-
-
-class CompiledGraph(nn.Module):
-    """A PC graph ready to run: parameters, predictions and energies.
-
-    ``mu_v = sum_{e into v} f_e(x_src(e))`` and ``E = sum_v sum_batch e_v(x_v, mu_v)`` (eq. 27).
-    States are plain dicts ``{node: (B, *shape) tensor}``; the module holds only parameters.
-    """
-
-    def __init__(self, spec: GraphSpec, nodes: dict[str, Node], order: list[str], edges: list[Edge], acyclic: bool,
-                 precisions: dict[str, Precision] | None = None, delayed: dict[str, str] | None = None):
-        super().__init__()
-        self.spec = spec
-        self.nodes = nodes
-        self.order = order  # topological when acyclic, declaration order otherwise
-        self.edges = nn.ModuleList(edges)
-        self.acyclic = acyclic
-        self.precisions = nn.ModuleDict(precisions or {})  # nodes whose Pi is not a fixed scalar
-        self.delayed = delayed or {}  # {"x@prev": "x"}: the previous time step's values, clamped
-
-    def require_time(self, batch: States) -> None:
-        """Raise SpecError when a delayed edge's previous-step values are missing from ``batch``."""
-        for prev, src in self.delayed.items():
-            if prev not in batch:
-                i = next(i for i, e in enumerate(self.edges) if prev in e.sources)
-                raise SpecError(f"this edge has delay: 1, so it reads {src!r} at the previous time step: run the "
-                                "graph over a sequence (pcgraph filter, pcgraph.run_sequence), not on single batches",
-                                f"graph.edges[{i}].delay")
-
-    # --- predictions, errors, energies --------------------------------------------------------
-
-    def prediction(self, states: States, node: str) -> Tensor | None:
-        """mu_v: the sum of the incoming edges' outputs, or None for a root node."""
-        out = None
-        for i in self.nodes[node].incoming:
-            y = self.edges[i](states)
-            out = y if out is None else out + y
-        return out
-
-    def predictions(self, states: States) -> States:
-        return {v: mu for v in self.order if (mu := self.prediction(states, v)) is not None}
-
-    def errors(self, states: States) -> States:
-        """eps_v = x_v - mu_v for every predicted node (before precision weighting)."""
-        return {v: states[v] - mu for v, mu in self.predictions(states).items()}
-
-    def node_energy(self, states: States, node: str, mu: Tensor | None = None) -> Tensor:
-        """e_v per sample, shape (B,); ``mu`` may be passed when already computed."""
-        n = self.nodes[node]
-        if n.incoming:
-            mu = self.prediction(states, node) if mu is None else mu
-            if node in self.precisions:
-                return self.precisions[node].energy(states[node] - mu)
-            return E.node_energy(n.spec.energy, states[node], mu)
-        return E.prior_energy(n.spec.prior, states[node])
-
-    def node_energies(self, states: States) -> States:
-        """{node: (B,) energy} for every node with an energy term."""
-        return {v: self.node_energy(states, v) for v in self.order if self.nodes[v].has_energy}
-
-    def energy(self, states: States) -> Tensor:
-        """Total energy E, summed over nodes and over the batch (a scalar)."""
-        return sum(e.sum() for e in self.node_energies(states).values())
-
-    # --- the feedforward pass -------------------------------------------------------------
-
-    def forward(self, batch: States) -> States:
-        """Feedforward pass in topological order: given nodes keep their values, every other
-        node takes the state that minimises its energy given its prediction (its mean), roots
-        their prior mean (or zeros)."""
-        return self.feedforward(batch)[0]
-
-    def feedforward(self, batch: States, keep: frozenset[int] = frozenset(),
-                    free: States | None = None) -> tuple[States, dict]:
-        """:meth:`forward`, also returning ``{edge index: (output, tape)}`` for the edges in ``keep``
-        (the tape is what :mod:`pcgraph._impl.local` needs to differentiate the edge later). A node in
-        ``free`` is partly given: its neurons where the mask is 1 are computed like any other node's."""
-        free = free or {}
-        if not self.acyclic:
-            raise SpecError("a feedforward pass needs an acyclic graph, and this one has a cycle", "graph.edges")
-        self.require_time(batch)
-        ref = next(iter(batch.values()))
-        states, kept = dict(batch), {}
-        for v in self.order:
-            if v in batch and v not in free:
-                continue
-            n = self.nodes[v]
-            if not n.incoming:
-                states[v] = self._given(v, self.root_value(v, ref), batch, free)
-                continue
-            mu = None
-            for i in n.incoming:
-                y, tape = edge_forward(self.edges[i], states)
-                if i in keep:
-                    kept[i] = (y, tape)
-                mu = y if mu is None else mu + y
-            states[v] = self._given(v, E.mean(n.spec.energy, mu), batch, free)
-        return states, kept
-
-    @staticmethod
-    def _given(v: str, value: Tensor, batch: States, free: States) -> Tensor:
-        return torch.where(free[v] > 0, value, batch[v]) if v in free else value
-
-    def root_value(self, node: str, like: Tensor, use_prior: bool = True) -> Tensor:
-        """Initial value of an unclamped node: its prior mean (if any and asked for) or zeros."""
-        n = self.nodes[node]
-        value = n.spec.prior.mean if (use_prior and n.spec.prior is not None) else 0.0
-        return torch.full((like.shape[0], *n.shape), value, dtype=like.dtype, device=like.device)
-
-    def bp_loss(self, batch: States) -> Tensor:
-        """Backprop's loss on the same graph: the energies of the given nodes that have
-        predictions, evaluated at the feedforward pass, averaged over the batch."""
-        states = self.forward({k: v for k, v in batch.items()})
-        targets = [v for v in batch if self.nodes[v].incoming]
-        b = next(iter(batch.values())).shape[0]
-        out = {v: self.node_energy(states, v) for v in targets}
-        return sum(e.sum() for e in out.values()) / b
-
-    # --- sizes --------------------------------------------------------------------------------
-
-    @property
-    def depth(self) -> int:
-        """Edges on the longest path (acyclic graphs): how far an error may have to travel."""
-        dist = dict.fromkeys(self.order, 0)
-        for v in self.order:
-            for i in self.nodes[v].incoming:
-                dist[v] = max(dist[v], 1 + max(dist[s] for s in self.edges[i].sources))
-        return max(dist.values())
-
-    def states_per_sample(self, clamped: set[str] | None = None) -> int:
-        """Number of inferred scalars per sample (``clamped`` defaults to the observed nodes)."""
-        if clamped is None:
-            clamped = {v for v, n in self.nodes.items() if n.spec.role == "observed"}
-        return sum(math.prod(n.shape) for v, n in self.nodes.items() if v not in clamped)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-
+__all__ = ["CompiledGraph", "Edge", "Node", "States", "build_edge", "combine", "compile", "edge_forward",
+           "max_bytes_default"]
 
 # --- the compiler ------------------------------------------------------------------------------
 
@@ -199,13 +29,26 @@ def max_bytes_default() -> int:
     return int(float(os.environ.get("PCGRAPH_MAX_BYTES", 8 * 2**30)))
 
 
-def compile(spec: GraphSpec, max_bytes: int | None = None) -> CompiledGraph:  # noqa: A001 - the stage's name
-    """Validate ``spec`` and build its :class:`CompiledGraph` (parameters on the CPU, float32).
+def compile(spec: GraphSpec, max_bytes: int | None = None,  # noqa: A001 - the stage's name
+            dtype: torch.dtype = torch.float32) -> CompiledGraph:
+    """Validate ``spec`` and build its :class:`CompiledGraph` (parameters on the CPU, in ``dtype``).
 
-    Raises :class:`SpecError` naming the YAML path of the first problem in each category, also when
-    the parameters and a batch's states would need more than ``max_bytes`` (default
-    :func:`max_bytes_default`); that is checked before anything is allocated.
+    Values the spec writes (a linear ``weight``, precisions, prior means) are read in float64 and
+    stored in ``dtype``, so ``dtype=torch.float64`` keeps every digit (``.double()`` on a float32
+    graph would keep the float32 rounding). Raises :class:`SpecError` naming the YAML path of the
+    first problem in each category, also when the parameters and a batch's states would need more
+    than ``max_bytes`` (default :func:`max_bytes_default`); that is checked before anything is
+    allocated.
     """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # ops build their parameters in it (as torch's factory functions do)
+    try:
+        return _compile(spec, max_bytes, dtype)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _compile(spec: GraphSpec, max_bytes: int | None, dtype: torch.dtype) -> CompiledGraph:
     body = spec.graph
     budget = _Budget(max_bytes if max_bytes is not None else max_bytes_default())
     batch = spec.data.batch_size if spec.data is not None else 1
@@ -246,9 +89,9 @@ def compile(spec: GraphSpec, max_bytes: int | None = None) -> CompiledGraph:  # 
         if n.prior is not None and any(e.to == v and not e.delay for e in body.edges):
             problems.append((f"{path}.prior", "a prior is only for nodes without incoming edges (or only "
                              f"delayed ones, where it gives the value at t = 0); {v!r} is predicted by an edge"))
-        if isinstance(n.energy, Categorical) and g.out_degree(v) > 0:
-            problems.append((f"{path}.energy", "a categorical node must be a leaf (no outgoing "
-                             f"edges); {v!r} feeds {sorted(set(g.successors(v)))}"))
+        if n.energy.leaf_only and g.out_degree(v) > 0:
+            problems.append((f"{path}.energy", f"a {n.energy.kind} node must be a leaf (no outgoing edges: its "
+                             f"states are probabilities); {v!r} feeds {sorted(set(g.successors(v)))}"))
     if spec.data is not None:
         problems += _data_problems(spec.data, body.nodes)
     if problems:
@@ -271,7 +114,26 @@ def compile(spec: GraphSpec, max_bytes: int | None = None) -> CompiledGraph:  # 
                 tuple(i for i, e in enumerate(edges) if v in e.sources))
         for v, n in all_nodes.items()
     }
-    return CompiledGraph(spec, nodes, order, edges, acyclic, node_precisions(body.nodes), delayed)
+    terms, priors = _terms(body.nodes, nodes, dtype)
+    return CompiledGraph(spec, nodes, order, edges, acyclic, terms, priors, delayed)
+
+
+def _terms(specs: dict[str, NodeSpec], nodes: dict[str, Node], dtype: torch.dtype):
+    """({node: prediction energy term}, {node: prior term}) built from the node specs."""
+    terms, priors = {}, {}
+    for v, n in specs.items():
+        for field, energy, out in (("energy", n.energy, terms), ("prior", n.prior, priors)):
+            if energy is None or (field == "energy" and not nodes[v].incoming):
+                continue
+            path = f"graph.nodes.{v}.{field}"
+            try:
+                out[v] = energy.build(tuple(n.shape), dtype)
+            except ValueError as err:
+                raise SpecError(str(err), path) from None
+            if out[v].stateful and "." in v:
+                raise SpecError(f"node {v!r}: a name with '.' cannot hold a matrix precision or a vector mean; "
+                                "rename the node", f"graph.nodes.{v}")
+    return terms, priors
 
 
 def _data_problems(data, nodes: dict[str, NodeSpec]) -> list[tuple[str, str]]:

@@ -247,8 +247,8 @@ def test_unsuitable_weight_optimizers_are_refused_by_validate(tmp_path, capsys, 
 
 
 def test_weight_decay_on_an_optimizer_without_it_is_a_spec_error():
-    from pcgraph.optim import weight_optimizer
     from pcgraph.spec import WeightOptimizerSpec
+    from pcgraph.tasks.setup import weight_optimizer
 
     graph = compile(load_spec(DIGITS))
     with pytest.raises(pcgraph.SpecError, match="no weight decay") as err:

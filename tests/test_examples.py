@@ -62,3 +62,17 @@ def test_bench_distributed_reports_samples_per_second(capsys):
     (row,) = load("bench_distributed").main(["specs/digits_mlp.yaml", "--epochs", "1", "--nprocs", "1"])
     assert row["nproc"] == 1 and row["samples_per_second"] == 1437 / row["median_epoch_seconds"]
     assert "| digits-mlp | 1 |" in capsys.readouterr().out
+
+
+def test_extending_registers_an_op_an_energy_and_a_variant_usable_from_yaml():
+    from pcgraph.energies import ENERGIES
+    from pcgraph.ops import OPS
+    from pcgraph.variants import VARIANTS
+
+    try:
+        r = load("extending").main(epochs=6)
+        assert r["steps"] == 4 * r["depth"] == 12  # the variant set T from the graph's depth
+        assert r["worst_difference"] < 1e-12  # the op's and the energy's local rules equal autograd
+        assert r["after"] < 0.5 * r["before"]
+    finally:
+        OPS.pop("scale", None), ENERGIES.pop("cauchy", None), VARIANTS.pop("depth_scaled", None)

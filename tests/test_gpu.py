@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pcgraph
-from pcgraph.optim import StateSGD
+from pcgraph.solver import StateSGD
 from pcgraph.tasks.train import train
 from pcgraph.tasks.verify import random_batch
 

@@ -9,21 +9,54 @@ spec, so a spec never names arbitrary code.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
-from torch import nn
+import torch
+from pydantic import ValidationError
+from torch import Tensor, nn
+
+from pcgraph.registry import Registered, Registry
 
 Shape = tuple[int, ...]
 
-OPS: dict[str, type[Op]] = {}
+class OpModule:
+    """The optional hooks of a module an op builds, declared once; an op implements the ones it has
+    in its own file (a module without this interface runs on autograd, which is slower).
+
+    - :meth:`local_vjp`: the closed-form vector-Jacobian product, used by the solver's fast path
+      when ``has_local_rule`` is true;
+    - :meth:`refresh`: rebuild cached derived tensors (called at the start of every relaxation);
+    - :meth:`connections`: the (source, target) neuron index pairs of a sparse op, else None;
+    - ``elementwise``: the module acts on each value on its own (it mixes no neurons).
+    """
+
+    has_local_rule: ClassVar[bool] = False
+    elementwise: ClassVar[bool] = False
+
+    def local_vjp(self, x: Tensor, g: Tensor, grads: dict | None, need_input: bool) -> Tensor | None:
+        """g^T df(x)/dx for the module's input ``x`` and output gradient ``g``; with ``grads`` it
+        also adds the batch-summed dE/dtheta of its parameters to ``grads`` ({parameter: tensor}).
+        ``need_input=False``: only the parameter gradients are wanted (may return None)."""
+        raise NotImplementedError(f"{type(self).__name__} has no local rule")
+
+    def refresh(self) -> None:
+        """Rebuild cached tensors derived from the parameters (nothing by default)."""
+
+    def connections(self) -> tuple[Tensor, Tensor] | None:
+        """(source neuron, target neuron) index pairs of a sparse op; None for dense ops."""
+        return None
 
 
-class Op(BaseModel):
+def accumulate(grads: dict, p: Tensor, g: Tensor) -> None:
+    """grads[p] += g (for :meth:`OpModule.local_vjp`)."""
+    grads[p] = grads[p] + g if p in grads else g
+
+
+_aten = torch.ops.aten
+
+
+class Op(Registered):
     """Base class of every op. Subclasses declare their arguments as pydantic fields."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: ClassVar[str] = ""
 
     def build(self, in_shape: Shape, target_shape: Shape) -> nn.Module:
         """Return the module computing this op on inputs of per-sample shape ``in_shape``.
@@ -46,62 +79,14 @@ class Op(BaseModel):
         """Parameters :meth:`build` will allocate (checked against the memory limit first)."""
         return 0
 
-    @model_serializer(mode="wrap")
-    def _short_form(self, handler: Any) -> Any:
-        # An op with every argument at its default is written as its bare name: ``linear``.
-        args = {k: v for k, v in handler(self).items() if k in self.model_fields_set}
-        return {"kind": self.kind, **args} if args else self.kind
+
+OPS = Registry("op", Op)
+register_op = OPS.register  # class decorator: adds a class under its ``kind``
+parse_op = OPS.parse  # "name" or {"kind": "name", **args} -> an instance (ValueError if unknown)
+op_json_schema = OPS.json_schema  # a registered name or its mapping form
 
 
-def register_op(cls: type[Op]) -> type[Op]:
-    """Class decorator adding an op to the registry under ``cls.kind``."""
-    if not cls.kind:
-        raise ValueError(f"{cls.__name__} must set a class attribute `kind`")
-    OPS[cls.kind] = cls
-    return cls
-
-
-def parse_op(value: Any) -> Op:
-    """Turn ``"linear"`` or ``{"kind": "linear", "bias": false}`` into an :class:`Op`.
-
-    Raises ``ValueError`` for an unknown kind and pydantic's ``ValidationError`` for bad arguments.
-    """
-    if isinstance(value, Op):
-        return value
-    if isinstance(value, str):
-        kind, args = value, {}
-    elif isinstance(value, dict) and "kind" in value:
-        args = dict(value)
-        kind = args.pop("kind")
-    else:
-        raise ValueError(
-            f"expected an op name or a mapping with a `kind`, got {value!r}"
-        )
-    if not isinstance(kind, str) or kind not in OPS:
-        raise ValueError(f"unknown op {kind!r} (known: {', '.join(sorted(OPS))})")
-    return OPS[kind].model_validate(args)
-
-
-def op_json_schema() -> dict:
-    """JSON Schema of one pipeline item: a registered op's name or its mapping form."""
-    variants: list[dict] = [{"type": "string", "enum": sorted(OPS)}]
-    for kind in sorted(OPS):
-        schema = OPS[kind].model_json_schema()
-        props = {"kind": {"const": kind}, **schema.get("properties", {})}
-        variants.append(
-            {
-                "type": "object",
-                "title": kind,
-                "description": (OPS[kind].__doc__ or "").strip().split("\n")[0],
-                "properties": props,
-                "required": ["kind"],
-                "additionalProperties": False,
-            }
-        )
-    return {"anyOf": variants}
-
-
-__all__ = ["OPS", "Op", "Shape", "ValidationError", "op_json_schema", "parse_op", "register_op"]
+__all__ = ["OPS", "Op", "OpModule", "Shape", "accumulate", "ValidationError", "op_json_schema", "parse_op", "register_op"]
 
 # Built-in ops register themselves on import.
 from pcgraph.ops import activation, conv, linear, shape, sparse  # noqa: E402,F401

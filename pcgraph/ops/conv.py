@@ -10,13 +10,69 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import nn
 
-from pcgraph.ops import Op, Shape, register_op
+from pcgraph.ops import Op, OpModule, Shape, _aten, accumulate, register_op
 from pcgraph.ops.linear import initialise
 
 _Init = Literal["torch", "xavier_uniform", "xavier_normal", "kaiming_uniform", "zeros"]
+
+
+class _ConvRule(OpModule):
+    """dE/dx = W^T * g (the adjoint convolution), dE/dW = g * x: aten's convolution backward."""
+
+    @property
+    def has_local_rule(self) -> bool:
+        return self.padding_mode == "zeros"
+
+    def local_vjp(self, x, g, grads, need_input):
+        transposed = isinstance(self, nn.ConvTranspose2d)
+        w = self.weight
+        mask = [need_input, grads is not None, grads is not None and self.bias is not None]
+        dx, dw, db = _aten.convolution_backward(
+            g, x, w, [w.shape[1] if transposed else w.shape[0]], self.stride, self.padding, self.dilation,
+            transposed, self.output_padding, self.groups, mask)
+        if grads is not None:
+            accumulate(grads, w, dw)
+            if self.bias is not None:
+                accumulate(grads, self.bias, db)
+        return dx
+
+
+class Conv2dModule(nn.Conv2d, _ConvRule):
+    pass
+
+
+class ConvTranspose2dModule(nn.ConvTranspose2d, _ConvRule):
+    pass
+
+
+def _pair(v) -> list[int]:
+    return list(v) if isinstance(v, (tuple, list)) else [v, v]
+
+
+class MaxPool2dModule(nn.MaxPool2d, OpModule):
+    """dE/dx: g goes to each window's arg max."""
+
+    has_local_rule = True
+
+    def local_vjp(self, x, g, grads, need_input):
+        _, idx = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                              return_indices=True)
+        return _aten.max_pool2d_with_indices_backward(g, x, _pair(self.kernel_size), _pair(self.stride),
+                                                      _pair(self.padding), _pair(self.dilation), self.ceil_mode, idx)
+
+
+class AvgPool2dModule(nn.AvgPool2d, OpModule):
+    """dE/dx: g / k^2 spread over each window."""
+
+    has_local_rule = True
+
+    def local_vjp(self, x, g, grads, need_input):
+        return _aten.avg_pool2d_backward(g, x, _pair(self.kernel_size), _pair(self.stride), _pair(self.padding),
+                                         self.ceil_mode, self.count_include_pad, self.divisor_override)
 
 
 def _image(kind: str, in_shape: Shape, in_channels: int | None) -> tuple[int, int, int]:
@@ -68,7 +124,7 @@ class Conv2d(_Conv):
         c_in, c_out = self._channels(in_shape, target_shape)
         for size, dim in ((in_shape[1], "height"), (in_shape[2], "width")):
             _window(self.kind, size, self.kernel_size, self.stride, self.padding, dim)
-        layer = nn.Conv2d(c_in, c_out, self.kernel_size, self.stride, self.padding, bias=self.bias)
+        layer = Conv2dModule(c_in, c_out, self.kernel_size, self.stride, self.padding, bias=self.bias)
         return initialise(layer, self.init)
 
 
@@ -86,8 +142,8 @@ class ConvTranspose2d(_Conv):
         for size, dim in ((in_shape[1], "height"), (in_shape[2], "width")):
             if (size - 1) * self.stride - 2 * self.padding + self.kernel_size + self.output_padding < 1:
                 raise ValueError(f"padding {self.padding} leaves no output {dim} for input {dim} {size}")
-        layer = nn.ConvTranspose2d(c_in, c_out, self.kernel_size, self.stride, self.padding,
-                                   self.output_padding, bias=self.bias)
+        layer = ConvTranspose2dModule(c_in, c_out, self.kernel_size, self.stride, self.padding,
+                                      self.output_padding, bias=self.bias)
         return initialise(layer, self.init)
 
 
@@ -113,7 +169,7 @@ class MaxPool2d(_Pool):
     kind = "max_pool2d"
 
     def build(self, in_shape: Shape, target_shape: Shape) -> nn.Module:
-        return nn.MaxPool2d(self.kernel_size, self._check(in_shape), self.padding)
+        return MaxPool2dModule(self.kernel_size, self._check(in_shape), self.padding)
 
 
 @register_op
@@ -123,4 +179,4 @@ class AvgPool2d(_Pool):
     kind = "avg_pool2d"
 
     def build(self, in_shape: Shape, target_shape: Shape) -> nn.Module:
-        return nn.AvgPool2d(self.kernel_size, self._check(in_shape), self.padding)
+        return AvgPool2dModule(self.kernel_size, self._check(in_shape), self.padding)

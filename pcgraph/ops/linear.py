@@ -8,7 +8,7 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from pcgraph.ops import Op, Shape, register_op
+from pcgraph.ops import Op, OpModule, Shape, accumulate, register_op
 
 _INITS = {
     "xavier_uniform": nn.init.xavier_uniform_,
@@ -16,6 +16,20 @@ _INITS = {
     "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, nonlinearity="relu"),
     "zeros": nn.init.zeros_,
 }
+
+
+class LinearModule(nn.Linear, OpModule):
+    """y = x W^T + b, with its local rule: dE/dx = g W, dE/dW = g^T x, dE/db = sum g (eqs. 34, 38)."""
+
+    has_local_rule = True
+
+    def local_vjp(self, x, g, grads, need_input):
+        if grads is not None:  # (out, B) @ (B, in) -> (out, in)
+            g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+            accumulate(grads, self.weight, g2.T @ x2)
+            if self.bias is not None:
+                accumulate(grads, self.bias, g2.sum(0))
+        return g @ self.weight if need_input else None  # (B, out) @ (out, in) -> (B, in)
 
 
 @register_op
@@ -46,7 +60,7 @@ class Linear(Op):
 
     def build(self, in_shape: Shape, target_shape: Shape) -> nn.Module:
         out = self._out(target_shape)
-        layer = nn.Linear(in_shape[-1], out, bias=self.bias)
+        layer = LinearModule(in_shape[-1], out, bias=self.bias)
         if self.weight is not None:
             w = torch.tensor(self.weight)
             if w.shape != layer.weight.shape:

@@ -5,7 +5,23 @@ from __future__ import annotations
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from pcgraph.ops import Op, Shape, register_op
+from pcgraph.ops import Op, OpModule, Shape, register_op
+
+
+class _Reshape(OpModule):
+    has_local_rule = True
+    elementwise = True
+
+    def local_vjp(self, x, g, grads, need_input):
+        return g.reshape(x.shape)
+
+
+class FlattenModule(nn.Flatten, _Reshape):
+    pass
+
+
+class UnflattenModule(nn.Unflatten, _Reshape):
+    pass
 
 
 @register_op
@@ -15,7 +31,7 @@ class Flatten(Op):
     kind = "flatten"
 
     def build(self, in_shape: Shape, target_shape: Shape) -> nn.Module:
-        return nn.Flatten(start_dim=1)
+        return FlattenModule(start_dim=1)
 
 
 @register_op
@@ -28,4 +44,4 @@ class Unflatten(Op):
     )
 
     def build(self, in_shape: Shape, target_shape: Shape) -> nn.Module:
-        return nn.Unflatten(1, tuple(self.shape or target_shape))
+        return UnflattenModule(1, tuple(self.shape or target_shape))

@@ -84,7 +84,7 @@ class Sparse(Op):
         return int(n) + (math.prod(target_shape) if self.bias else 0)
 
     def build(self, in_shape: Shape, target_shape: Shape) -> nn.Module:
-        from pcgraph._impl.sparse import SparseLinear  # torch-geometric loads only when needed
+        from pcgraph.ops.message_passing import SparseLinear  # torch-geometric loads only when needed
 
         src, dst = self._pairs(in_shape, target_shape)
         forget()

@@ -24,10 +24,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pcgraph.compile import compile
-from pcgraph.optim import weight_optimizer
-from pcgraph.solve import Solver
+from pcgraph.solver import Solver
 from pcgraph.spec import GraphSpec
 from pcgraph.tasks.objective import Backprop, Objective
+from pcgraph.tasks.setup import weight_optimizer
 from pcgraph.tasks.train import train
 
 

@@ -13,7 +13,7 @@ baseline of a spec.
   the graph, and scored by their MSE: the graph as an associative memory.
 
 ``input`` and ``target`` may name a range of a node's neurons (``x[0:64]``, ``x[64:74]``): only
-those neurons are clamped (:class:`pcgraph.solve.Clamp`), the rest of the node is inferred.
+those neurons are clamped (:class:`pcgraph.solver.Clamp`), the rest of the node is inferred.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from pcgraph.compile import CompiledGraph, States, build_edge
 from pcgraph.errors import SpecError
-from pcgraph.solve import Clamp
+from pcgraph.solver import Clamp
 from pcgraph.spec import GraphSpec, NodeRef
 
 

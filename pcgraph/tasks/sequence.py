@@ -23,9 +23,9 @@ from torch import Tensor, nn
 
 from pcgraph import kalman
 from pcgraph.compile import CompiledGraph, States
+from pcgraph.energies.gaussian import GaussianTerm
 from pcgraph.errors import SpecError
-from pcgraph.precision import declared_matrix
-from pcgraph.solve import Solver
+from pcgraph.solver import Solver
 
 
 @dataclass
@@ -56,19 +56,27 @@ def linear_system(graph: CompiledGraph) -> tuple[kalman.LinearGaussian, str, str
         raise SpecError("steady_state and propagated prior precisions need x -> x (delay: 1) and x -> y, each "
                         "one linear op with bias: false", where)
     y = obs.target
-    n = graph.nodes[x]
-    prior = n.spec.prior
+    prior = graph.priors.get(x)
     if prior is None:
         raise SpecError(f"the recurrent state {x!r} needs a prior (its distribution at t = 0)", f"graph.nodes.{x}.prior")
-    size = n.shape[0]
-    f64 = torch.float64
+    for v in (x, y):
+        if not isinstance(graph.terms[v], GaussianTerm):
+            raise SpecError(f"a linear-Gaussian graph needs gaussian energies; {v!r} has {graph.terms[v].energy.kind}",
+                            f"graph.nodes.{v}.energy")
+    size, f64 = graph.nodes[x].shape[0], torch.float64
+    m0 = torch.as_tensor(prior.center, dtype=f64).reshape(-1).expand(size)
     system = kalman.LinearGaussian(
         rec.pipeline[0].weight.detach().to(f64), obs.pipeline[0].weight.detach().to(f64),
-        torch.linalg.inv(declared_matrix(n.spec.energy, size)),
-        torch.linalg.inv(graph.precisions[y].matrix().detach().to(f64) if y in graph.precisions
-                         else declared_matrix(graph.nodes[y].spec.energy, graph.nodes[y].shape[0])),
-        torch.full((size,), prior.mean, dtype=f64), torch.eye(size, dtype=f64) / prior.precision)
+        torch.linalg.inv(graph.terms[x].energy.matrix(size)), torch.linalg.inv(_precision(graph.terms[y], graph.nodes[y].shape[0])),
+        m0.clone(), torch.linalg.inv(prior.energy.matrix(size)))
     return system, x, y
+
+
+def _precision(term: GaussianTerm, size: int) -> Tensor:
+    """A Gaussian term's current precision as an (n, n) float64 matrix (learnt ones as learnt so far)."""
+    if term.scalar is not None:
+        return term.scalar * torch.eye(size, dtype=torch.float64)
+    return term.matrix().detach().to(torch.float64)
 
 
 def run_sequence(graph: CompiledGraph, observations: dict[str, Tensor], solver: Solver | None = None,
@@ -87,25 +95,25 @@ def run_sequence(graph: CompiledGraph, observations: dict[str, Tensor], solver: 
         raise ValueError(f"observation sequences disagree on their length: {sorted(length)}")
     first = next(iter(observations.values()))
     prev = {p: graph.root_value(s, first[0]) for p, s in graph.delayed.items()}
-    for v, pi in graph.precisions.items():  # start from the declared precisions (a previous run may have set them)
-        if pi.learn == "none":
-            pi.set_(declared_matrix(graph.nodes[v].spec.energy, graph.nodes[v].shape[0]))
+    for v, term in graph.terms.items():  # start from the declared precisions (a previous run may have set them)
+        if isinstance(term, GaussianTerm) and term.learn == "none" and term.scalar is None:
+            term.set_(term.energy.matrix(graph.nodes[v].shape[0]))
     if mode != "fixed":
         system, x, _ = linear_system(graph)
-        if x not in graph.precisions:
+        if graph.terms[x].scalar is not None or graph.terms[x].learn != "none":
             raise SpecError(f"give {x!r} a covariance matrix (Q) so its precision can be set per step",
                             f"graph.nodes.{x}.energy")
         P = system.P0
         obs_information = system.C.T @ torch.linalg.inv(system.R) @ system.C  # C^T R^-1 C, the same every step
         if mode == "steady_state":
-            graph.precisions[x].set_(torch.linalg.inv(kalman.steady_state_prior(system)))
+            graph.terms[x].set_(torch.linalg.inv(kalman.steady_state_prior(system)))
     estimates: dict[str, list[Tensor]] = {v: [] for v in graph.nodes if v not in graph.delayed}
     predictions: dict[str, list[Tensor]] = {v: [] for v in observations}
     energy = []
     for t in range(length.pop()):
         if mode == "propagated":
             prior_precision_t = torch.linalg.inv(system.A @ P @ system.A.T + system.Q)
-            graph.precisions[x].set_(prior_precision_t)
+            graph.terms[x].set_(prior_precision_t)
         with torch.no_grad():
             guess = graph.feedforward(dict(prev))[0]
         for v in observations:
@@ -132,9 +140,9 @@ def simulate(graph: CompiledGraph, length: int, batch: int = 1, generator: torch
         raise SpecError("the graph has no delayed edge (delay: 1), so it has no time axis to simulate", "graph.edges")
     prev = {}
     for p, s in graph.delayed.items():
-        prior = graph.nodes[s].spec.prior
-        mean, std = (prior.mean, prior.precision ** -0.5) if prior is not None else (0.0, 0.0)
-        prev[p] = mean + std * torch.randn(batch, *graph.nodes[s].shape, generator=generator, dtype=dtype)
+        zeros = torch.zeros(batch, *graph.nodes[s].shape, dtype=dtype)
+        prior = graph.priors.get(s)
+        prev[p] = zeros if prior is None else prior.sample(graph.root_value(s, zeros), generator)
     out: dict[str, list[Tensor]] = {v: [] for v in graph.order if v not in graph.delayed}
     for _ in range(length):
         states = dict(prev)
@@ -144,12 +152,10 @@ def simulate(graph: CompiledGraph, length: int, batch: int = 1, generator: torch
             mu = graph.prediction(states, v)
             if mu is None:
                 raise SpecError(f"cannot simulate: node {v!r} has no incoming edge", f"graph.nodes.{v}")
-            energy = graph.nodes[v].spec.energy
-            if energy.kind != "gaussian":
-                raise SpecError(f"cannot simulate a {energy.kind} node", f"graph.nodes.{v}.energy")
-            cov = torch.linalg.inv(declared_matrix(energy, mu[0].numel())).to(dtype)
-            noise = torch.randn(batch, mu[0].numel(), generator=generator, dtype=dtype) @ torch.linalg.cholesky(cov).T
-            states[v] = mu + noise.reshape(mu.shape)
+            term = graph.terms[v]
+            if not isinstance(term, GaussianTerm):
+                raise SpecError(f"cannot simulate a {term.energy.kind} node", f"graph.nodes.{v}.energy")
+            states[v] = term.sample(mu, generator)
             out[v].append(states[v])
         prev = {p: states[s] for p, s in graph.delayed.items()}
     seq = {v: torch.stack(xs) for v, xs in out.items()}

@@ -1,7 +1,9 @@
-"""Setting up a run: the data shaped for the graph, the learning-rate schedule, the device."""
+"""Setting up a run: the data shaped for the graph, the weight optimizer and its learning-rate
+schedule, the device."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -10,7 +12,7 @@ from torch import Tensor
 from pcgraph.compile import CompiledGraph
 from pcgraph.data import Dataset
 from pcgraph.errors import SpecError, UsageError
-from pcgraph.spec import DataSpec, LearningSpec, Standardize
+from pcgraph.spec import DataSpec, LearningSpec, Standardize, WeightOptimizerSpec, weight_optimizer_class
 from pcgraph.tasks.objective import Objective
 
 
@@ -71,3 +73,22 @@ def resolve_device(device: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise UsageError(f"device {device!r} is not supported; expected cpu or cuda")
     return dev
+
+
+def weight_optimizer(spec: WeightOptimizerSpec, params) -> torch.optim.Optimizer:
+    """Build the spec's torch.optim optimizer over ``params``."""
+    cls = weight_optimizer_class(spec.kind)
+    options = dict(spec.options)
+    accepts = inspect.signature(cls).parameters
+    if "fused" in accepts and not {"fused", "foreach"} & set(options):
+        options["fused"] = True  # one fused kernel per step; the CPU default is a Python loop
+    elif "foreach" in accepts and not {"fused", "foreach"} & set(options):
+        options["foreach"] = True
+    if "weight_decay" in accepts:
+        options["weight_decay"] = spec.weight_decay
+    elif spec.weight_decay:
+        raise SpecError(f"{cls.__name__} has no weight decay; remove weight_decay", "learning.optimizer.weight_decay")
+    try:
+        return cls(params, lr=spec.lr, **options)
+    except (TypeError, ValueError) as err:
+        raise SpecError(f"{cls.__name__} rejected these options: {err}", "learning.optimizer.options") from None

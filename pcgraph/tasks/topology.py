@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pcgraph._impl.local import ELEMENTWISE
 from pcgraph.compile import CompiledGraph
+from pcgraph.ops import OpModule
 
 
 @dataclass
@@ -39,14 +39,14 @@ def blocks(graph: CompiledGraph) -> list[Block]:
     """One :class:`Block` per (edge, source node); delayed sources count as their node."""
     out = []
     for i, e in enumerate(graph.edges):
-        sparse = [m for m in e.pipeline if hasattr(m, "edge_index") and hasattr(m, "n_source")]
-        if sparse and not all(m is sparse[0] or isinstance(m, ELEMENTWISE) for m in e.pipeline):
+        sparse = [m for m in e.pipeline if isinstance(m, OpModule) and m.connections() is not None]
+        if sparse and not all(m is sparse[0] or getattr(m, "elementwise", False) for m in e.pipeline):
             sparse = []  # another op mixes neurons (a linear layer, a second sparse op): count it dense
         start = 0
         for s in e.sources:
             node, n = graph.delayed.get(s, s), math.prod(graph.nodes[s].shape)
             if sparse and (len(e.sources) == 1 or e.combine == "concat"):  # concat: consecutive neurons
-                src, dst = sparse[0].edge_index
+                src, dst = sparse[0].connections()
                 mine = (src >= start) & (src < start + n)
                 out.append(Block(i, node, e.target, src[mine] - start, dst[mine]))
             else:
@@ -92,8 +92,8 @@ def draw(graph: CompiledGraph, path: str, max_neurons: int = 300) -> None:
     import matplotlib.pyplot as plt
     import networkx as nx
 
-    from pcgraph._impl.plots import save
     from pcgraph.errors import UsageError
+    from pcgraph.tasks.plots import save
 
     stats = degree_stats(graph)
     if stats["neurons"] > max_neurons:

@@ -1,4 +1,10 @@
-"""Training and evaluation of a spec on its data set."""
+"""Training and evaluation of a spec on its data set.
+
+A run is three pieces: :func:`setup_run` builds a :class:`RunSetup` (spec, graph, data, optimizer,
+schedule, restored checkpoint state), a method object (:mod:`pcgraph.tasks.methods`: PC or BP) makes
+each update, and :func:`run_epoch` loops over the batches. (Longer than ~300 lines: the setup and
+the loops share the run's state, and read best in one file.)
+"""
 
 from __future__ import annotations
 
@@ -11,19 +17,19 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pcgraph._impl import distributed
-from pcgraph._impl.interrupt import StopOnSignal, progress_bar
 from pcgraph.compile import CompiledGraph, compile
 from pcgraph.data import load_dataset
 from pcgraph.errors import DivergenceError, Interrupted, SpecError, UsageError
-from pcgraph.optim import weight_optimizer
-from pcgraph.solve import Solver
+from pcgraph.solver import Solver
 from pcgraph.spec import GraphSpec, spec_from_yaml
-from pcgraph.tasks import checkpoint
-from pcgraph.tasks.objective import Backprop, Objective
+from pcgraph.tasks import checkpoint, distributed
+from pcgraph.tasks.interrupt import StopOnSignal, progress_bar
+from pcgraph.tasks.methods import Method, make_method
+from pcgraph.tasks.objective import Objective
 from pcgraph.tasks.setup import lr_schedule as lr_schedule
 from pcgraph.tasks.setup import prepare as prepare
 from pcgraph.tasks.setup import resolve_device as resolve_device
+from pcgraph.tasks.setup import weight_optimizer
 
 
 @dataclass
@@ -89,7 +95,7 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
     batch, save a checkpoint (with ``out``) and raise :class:`Interrupted`. ``on_divergence="skip"``
     skips a batch whose energy becomes NaN/inf (counted in the metrics) instead of stopping.
 
-    Data parallel (:mod:`pcgraph._impl.distributed`): ``nproc=N > 1`` starts N processes on this
+    Data parallel (:mod:`pcgraph.tasks.distributed`): ``nproc=N > 1`` starts N processes on this
     machine; under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK set) it joins torchrun's process
     group. ``data.batch_size`` stays the global batch: each rank relaxes a contiguous shard of it
     and the gradients are averaged over the whole batch, so an update equals the single-process
@@ -114,24 +120,81 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
         return _train(ctx, **args)
 
 
-def _train(ctx: distributed.Context, spec, epochs, data_root, device, out, progress, log, method, resume,
-           on_divergence) -> TrainResult:
-    saved = None
-    if resume is not None:
-        saved = checkpoint.read(resume)
-        spec = spec_from_yaml(saved["spec"])
-        method = saved.get("method", "pc")
+def _train(ctx: distributed.Context, **args) -> TrainResult:
+    """One process's part of :func:`train`: set up, run the epochs, sum up."""
+    run = setup_run(ctx, **args)
+    with StopOnSignal() as stop:
+        for epoch in range(run.first_epoch, run.n_epochs + 1):
+            run_epoch(run, epoch, stop)
+    return run.finish()
+
+
+@dataclass
+class RunSetup:
+    """Everything a training run needs, built by :func:`setup_run`; ``history``, ``position``,
+    ``perm`` and ``partial`` are where the epoch loop stands (restored from a checkpoint)."""
+
+    ctx: distributed.Context
+    spec: GraphSpec
+    method: Method
+    dev: torch.device
+    log: Callable[[str], None]
+    progress: bool
+    on_divergence: str
+    out: Path | None  # the run folder
+    folder: Path | None  # where this rank writes: ``out`` on rank 0, else None
+    data: tuple[Tensor, Tensor, Tensor, Tensor]  # x_train, y_train, x_test, y_test
+    classes: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    stepper: torch.optim.Optimizer  # the optimizer, or its all-reducing wrapper with several ranks
+    gen: torch.Generator  # shuffles the training set
+    n_epochs: int
+    columns: tuple[str, ...]  # of metrics.csv
+    history: list[dict] = field(default_factory=list)
+    first_epoch: int = 1
+    position: int = 0  # the first sample of the current epoch's permutation still to train on
+    perm: Tensor | None = None
+    partial: dict | None = None  # the current epoch's sums so far
+
+    @property
+    def task(self) -> Objective:
+        return self.method.task
+
+    def snapshot(self, epoch_done: int, position: int, perm: Tensor | None, partial: dict | None) -> dict:
+        """The checkpoint payload (see :mod:`pcgraph.tasks.checkpoint`)."""
+        return {"spec": self.spec.to_yaml(), "method": self.method.name, "model": self.method.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng_torch": torch.get_rng_state(), "rng_shuffle": self.gen.get_state(), "epoch": epoch_done,
+                "epochs": self.n_epochs, "position": position, "perm": None if perm is None else perm.cpu(),
+                "partial": partial, "history": self.history}
+
+    def finish(self) -> TrainResult:
+        """Save ``model.pt`` (with a folder) and return the final figures."""
+        model = self.method.model
+        if self.folder is not None:
+            torch.save(model.state_dict(), self.folder / "model.pt")
+        last, key = self.history[-1], f"test_{self.task.metric}"
+        best = (max if self.task.higher_is_better else min)(h[key] for h in self.history)
+        return TrainResult(self.spec.name, self.n_epochs, self.task.metric, last[key], best,
+                           last.get("train_accuracy"), last["energy"], [h["seconds"] for h in self.history],
+                           sum(p.numel() for p in model.parameters()), self.method.states_per_sample(),
+                           self.history)
+
+
+def setup_run(ctx: distributed.Context, spec, epochs, data_root, device, out, progress, log, method, resume,
+              on_divergence) -> RunSetup:
+    """Check the arguments and build the run: the spec (a resumed run's), graph, method, data,
+    optimizer and schedule, restored from the checkpoint when resuming; create the run folder."""
+    saved = checkpoint.read(resume) if resume is not None else None
+    if saved is not None:
+        spec, method = spec_from_yaml(saved["spec"]), saved.get("method", "pc")
         out = resume if out is None else out
-    if spec is None:
-        raise UsageError("give a spec to train, or a run folder to resume")
-    if spec.data is None:
-        hint = "; a graph with delayed edges runs along sequences: use pcgraph filter" \
-            if any(e.delay for e in spec.graph.edges) else ""
-        raise SpecError("training needs a data section naming the input node" + hint, "data")
+    _check_spec(spec)
     dev = ctx.device(resolve_device(device))
     if epochs is not None and epochs < 1:
         raise UsageError(f"the number of epochs must be at least 1, got {epochs}")
-    if ctx.world > 1 and spec.learning.variant == "incremental" and spec.inference.tol is not None:
+    if ctx.world > 1 and spec.learning.variant.learn_every_step and spec.inference.tol is not None:
         raise UsageError("incremental PC with inference.tol cannot run on several processes: ranks would "
                          "stop inference, and so their parameter steps, at different steps")
     if not ctx.main:  # rank 0 logs and writes; the others only compute
@@ -139,148 +202,144 @@ def _train(ctx: distributed.Context, spec, epochs, data_root, device, out, progr
     torch.manual_seed(spec.train.seed)
     graph = compile(spec).to(dev)
     task = Objective(spec, graph)
+    m = make_method(method, spec, graph, task, dev)
+    optimizer = weight_optimizer(m.optimizer_spec, m.model.parameters())
     d = spec.data
-    extra_pass = False
-    # train accuracy scores feedforward predictions: for acyclic graphs with whole input and target nodes
-    scored = task.classify and graph.acyclic and task.input_ref.neurons is None and task.target_ref.neurons is None
-    if task.classify:
-        target = graph.nodes[task.target]
-        if spec.train.eval == "feedforward" and not target.incoming:
-            raise SpecError(f"the target {d.target!r} has no incoming edges, so a feedforward pass cannot "
-                            "predict it; use train.eval: inference", "train.eval")
-        # train accuracy scores feedforward predictions; forward init makes them for a leaf target for free
-        forward_init = spec.inference.init == "forward" or spec.learning.variant == "exact"
-        extra_pass = scored and not (forward_init and not target.outgoing)
-    solver = Solver.from_spec(spec)
-    baseline = Backprop(spec, graph).to(dev) if method == "bp" else None
-    model = baseline if baseline is not None and baseline.encoder is not None else graph  # trained, saved
-    optimizer = weight_optimizer(spec.learning.optimizer if baseline is None else
-                                 spec.bp.optimizer or spec.learning.optimizer, model.parameters())
     data = load_dataset(d.dataset, data_root)
     if data.source != "embedded":
         note = " (CIFAR-10 from an image folder: if it is this project's JPEG copy, results can differ " \
                "slightly from the original)" if (Path(data.source) / "train").is_dir() else ""
         log(f"data: {d.dataset}, {len(data.y_train):,} train / {len(data.y_test):,} test images from {data.source}{note}")
-    x_train, y_train, x_test, y_test = prepare(data, d, graph, dev)
-    classes = data.num_classes if task.target is not None else 0
-    gen = torch.Generator().manual_seed(spec.train.seed)
+    tensors = prepare(data, d, graph, dev)
     n_epochs = (saved["epochs"] if saved else spec.train.epochs) if epochs is None else epochs
-    per_epoch = -(-len(x_train) // d.batch_size)
-    scheduler = lr_schedule(optimizer, spec.learning, n_epochs * per_epoch)
-    history: list[dict] = []
-    first_epoch, position, partial, perm = 1, 0, None, None
-    if saved:
-        checkpoint.load_parameters(model, saved)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng_torch"])
-        gen.set_state(saved["rng_shuffle"])
-        history = list(saved["history"])
-        first_epoch, position, partial = saved["epoch"] + 1, saved["position"], saved["partial"]
-        perm = saved["perm"].to(dev) if saved["perm"] is not None else None
-    ctx.broadcast(model)  # every rank starts from rank 0's parameters
-    stepper = distributed.ReducingOptimizer(optimizer) if ctx.world > 1 else optimizer
+    scheduler = lr_schedule(optimizer, spec.learning, n_epochs * -(-len(tensors[0]) // d.batch_size))
     out = Path(out) if out is not None else None
-    folder = out if ctx.main else None  # where this rank writes
-    columns = ("epoch", "energy", *(("train_accuracy",) if scored else ()), f"test_{task.metric}",
+    columns = ("epoch", "energy", *(("train_accuracy",) if m.scored else ()), f"test_{task.metric}",
                "seconds", "skipped_batches")
-    if folder is not None and saved is None:
+    run = RunSetup(ctx, spec, m, dev, log, progress, on_divergence, out, out if ctx.main else None, tensors,
+                   data.num_classes if task.target is not None else 0, optimizer, scheduler,
+                   distributed.ReducingOptimizer(optimizer) if ctx.world > 1 else optimizer,
+                   torch.Generator().manual_seed(spec.train.seed), n_epochs, columns)
+    if saved:
+        _restore(run, saved)
+    ctx.broadcast(m.model)  # every rank starts from rank 0's parameters
+    if run.folder is not None and saved is None:
+        _create_folder(run)
+    return run
+
+
+def _check_spec(spec: GraphSpec | None) -> None:
+    """A spec to train, with a data section."""
+    if spec is None:
+        raise UsageError("give a spec to train, or a run folder to resume")
+    if spec.data is None:
+        hint = "; a graph with delayed edges runs along sequences: use pcgraph filter" \
+            if any(e.delay for e in spec.graph.edges) else ""
+        raise SpecError("training needs a data section naming the input node" + hint, "data")
+
+
+def _restore(run: RunSetup, saved: dict) -> None:
+    """Continue from a checkpoint: parameters, optimizer, schedule, RNGs and the loop's position."""
+    checkpoint.load_parameters(run.method.model, saved)
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng_torch"])
+    run.gen.set_state(saved["rng_shuffle"])
+    run.history = list(saved["history"])
+    run.first_epoch, run.position, run.partial = saved["epoch"] + 1, saved["position"], saved["partial"]
+    run.perm = saved["perm"].to(run.dev) if saved["perm"] is not None else None
+
+
+def _create_folder(run: RunSetup) -> None:
+    """A new run folder: ``spec.yaml`` and empty metrics files."""
+    try:
+        run.folder.mkdir(parents=True, exist_ok=True)
+        (run.folder / "spec.yaml").write_text(run.spec.to_yaml())
+        (run.folder / "metrics.jsonl").write_text("")
+        (run.folder / "metrics.csv").write_text(",".join(run.columns) + "\n")
+    except OSError as err:
+        raise UsageError(f"cannot write the run folder {str(run.out)!r}: {err.strerror or err}") from None
+
+
+def run_epoch(run: RunSetup, epoch: int, stop: StopOnSignal) -> None:
+    """Train one epoch (from ``run.position`` when resuming inside it), score the test set, log
+    the epoch's row and, with a folder, append it to the metrics and save a checkpoint."""
+    start = time.perf_counter()
+    if run.position == 0:
+        run.perm = torch.randperm(len(run.data[0]), generator=run.gen).to(run.dev)
+        run.partial = {"energy": 0.0, "correct": 0, "seen": 0, "skipped": 0}
+    energy, correct, seen, skipped = _train_batches(run, epoch, stop)
+    run.position = 0
+    _check_parameters(run.method.graph, epoch)
+    seconds = time.perf_counter() - start
+    ctx, (_, _, x_test, y_test) = run.ctx, run.data
+    lo, hi = distributed.shard(len(x_test), ctx.rank, ctx.world)  # each rank scores a slice
+    test = run.method.evaluate(x_test[lo:hi], y_test[lo:hi]) if hi > lo else 0.0
+    if ctx.world > 1:
+        energy, correct, seen, test = ctx.sum([float(energy), float(correct), seen, test * (hi - lo)])
+        test /= len(x_test)
+    row = {"epoch": epoch, "energy": float(energy) / max(seen, 1)}
+    if run.method.scored:
+        row["train_accuracy"] = float(correct) / max(seen, 1)
+    row |= {f"test_{run.task.metric}": test, "seconds": seconds, "skipped_batches": skipped}
+    run.history.append(row)
+    shown = f"train acc {100 * row['train_accuracy']:6.2f}%  " if run.method.scored else ""
+    shown += f"test acc {100 * test:6.2f}%" if run.task.classify else f"test mse {test:.4e}"
+    run.log(f"epoch {epoch:3d}  energy {row['energy']:.4f}  {shown}  {seconds:6.2f} s"
+            + (f"  ({skipped} batches skipped)" if skipped else ""))
+    if run.folder is not None:
+        with open(run.folder / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        with open(run.folder / "metrics.csv", "a") as f:
+            f.write(",".join(str(row[c]) for c in run.columns) + "\n")
+        checkpoint.save(run.folder, run.snapshot(epoch, 0, None, None))
+
+
+def _train_batches(run: RunSetup, epoch: int, stop: StopOnSignal) -> tuple[Tensor, Tensor, int, int]:
+    """The epoch's updates from ``run.position`` on; returns this rank's (energy, correct, seen,
+    skipped) sums. A stop request saves a checkpoint (with a folder) and raises :class:`Interrupted`."""
+    ctx, m, stepper, size = run.ctx, run.method, run.stepper, run.spec.data.batch_size
+    x_train, y_train, _, _ = run.data
+    reducing = stepper is not run.optimizer  # several ranks: a ReducingOptimizer
+    own = run.partial if ctx.main else {**run.partial, "energy": 0.0, "correct": 0, "seen": 0}  # sums over ranks
+    energy = torch.tensor(own["energy"], device=run.dev)
+    correct = torch.tensor(own["correct"], device=run.dev)
+    seen, skipped = own["seen"], own["skipped"]
+    for i in progress_bar(range(run.position, len(run.perm), size), f"epoch {epoch}/{run.n_epochs}", run.progress):
+        whole = run.perm[i: i + size]  # the global batch; this rank takes [lo, hi) of it
+        lo, hi = distributed.shard(len(whole), ctx.rank, ctx.world)
+        idx = whole[lo:hi] if hi > lo else whole[:1]  # an empty shard: a stand-in, weight 0
+        if reducing:
+            stepper.prepare(hi - lo, len(whole), stop.requested, m.steps)
+        batch = run.task.batch(x_train[idx], y_train[idx], run.classes)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "spec.yaml").write_text(spec.to_yaml())
-            (folder / "metrics.jsonl").write_text("")
-            (folder / "metrics.csv").write_text(",".join(columns) + "\n")
-        except OSError as err:
-            raise UsageError(f"cannot write the run folder {str(out)!r}: {err.strerror or err}") from None
+            contribution, predicted = m.step(batch, stepper, hi - lo)
+            if contribution is not None:
+                energy += contribution
+            run.scheduler.step()
+            seen += hi - lo
+            if predicted is not None and hi > lo:
+                correct += (predicted.argmax(1) == y_train[idx]).sum()
+        except DivergenceError as err:  # raised before any parameter changed
+            if reducing and not isinstance(err, distributed.PeerDivergence):
+                stepper.abstain()  # the other ranks wait in this update's all-reduce
+            if run.on_divergence == "stop":
+                raise type(err)(f"epoch {epoch}, batch {i // size + 1}: {err}") from None
+            skipped += 1
+        if stepper.stop if reducing else stop.requested:  # the same batch on every rank
+            _interrupt(run, epoch, i + size, ctx.sum([float(energy), float(correct), seen]), skipped)
+    return energy, correct, seen, skipped
 
-    def snapshot(epoch_done: int, position: int, perm, partial) -> dict:
-        return {"spec": spec.to_yaml(), "method": method, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng_torch": torch.get_rng_state(),
-                "rng_shuffle": gen.get_state(), "epoch": epoch_done, "epochs": n_epochs, "position": position,
-                "perm": None if perm is None else perm.cpu(), "partial": partial, "history": history}
 
-    with StopOnSignal() as stop:
-        for epoch in range(first_epoch, n_epochs + 1):
-            start = time.perf_counter()
-            if position == 0:
-                perm = torch.randperm(len(x_train), generator=gen).to(dev)
-                partial = {"energy": 0.0, "correct": 0, "seen": 0, "skipped": 0}
-            own = partial if ctx.main else {**partial, "energy": 0.0, "correct": 0, "seen": 0}  # sums over ranks
-            energy = torch.tensor(own["energy"], device=dev)
-            correct = torch.tensor(own["correct"], device=dev)
-            seen, skipped = own["seen"], own["skipped"]
-            for i in progress_bar(range(position, len(perm), d.batch_size), f"epoch {epoch}/{n_epochs}", progress):
-                whole = perm[i: i + d.batch_size]  # the global batch; this rank takes [lo, hi) of it
-                lo, hi = distributed.shard(len(whole), ctx.rank, ctx.world)
-                idx = whole[lo:hi] if hi > lo else whole[:1]  # an empty shard: a stand-in, weight 0
-                if stepper is not optimizer:
-                    iterative = method == "pc" and solver.variant == "incremental"
-                    stepper.prepare(hi - lo, len(whole), stop.requested, solver.steps if iterative else 1)
-                batch = task.batch(x_train[idx], y_train[idx], classes)
-                try:
-                    if method == "pc":
-                        predicted = None
-                        if extra_pass:
-                            with torch.no_grad():
-                                predicted = graph({d.input: batch[d.input]})[d.target]
-                        r = solver.step(graph, batch, stepper)
-                        if hi > lo:
-                            energy += r.energy[-1]
-                        predicted = r.predicted.get(d.target, predicted) if scored else None
-                    else:
-                        predicted = None
-                        if scored:
-                            with torch.no_grad():
-                                predicted = graph({d.input: batch[d.input]})[d.target]
-                        energy += baseline.step(batch, stepper) * (hi - lo)
-                    scheduler.step()
-                    seen += hi - lo
-                    if predicted is not None and hi > lo:
-                        correct += (predicted.argmax(1) == y_train[idx]).sum()
-                except DivergenceError as err:  # raised before any parameter changed
-                    if stepper is not optimizer and not isinstance(err, distributed.PeerDivergence):
-                        stepper.abstain()  # the other ranks wait in this update's all-reduce
-                    if on_divergence == "stop":
-                        raise type(err)(f"epoch {epoch}, batch {i // d.batch_size + 1}: {err}") from None
-                    skipped += 1
-                if stepper.stop if stepper is not optimizer else stop.requested:  # the same batch on every rank
-                    e, c, n = ctx.sum([float(energy), float(correct), seen])
-                    partial = {"energy": e, "correct": int(c), "seen": int(n), "skipped": skipped}
-                    if out is not None:
-                        if folder is not None:
-                            checkpoint.save(folder, snapshot(epoch - 1, i + d.batch_size, perm, partial))
-                        raise Interrupted(f"interrupted in epoch {epoch}; resume with: pcgraph train --resume {out}")
-                    raise Interrupted(f"interrupted in epoch {epoch}; nothing saved (no --out given)")
-            position = 0
-            _check_parameters(graph, epoch)
-            seconds = time.perf_counter() - start
-            lo, hi = distributed.shard(len(x_test), ctx.rank, ctx.world)  # each rank scores a slice
-            test = task.evaluate(graph, solver, x_test[lo:hi], y_test[lo:hi], baseline) if hi > lo else 0.0
-            if ctx.world > 1:
-                energy, correct, seen, test = ctx.sum([float(energy), float(correct), seen, test * (hi - lo)])
-                test /= len(x_test)
-            row = {"epoch": epoch, "energy": float(energy) / max(seen, 1)}
-            if scored:
-                row["train_accuracy"] = float(correct) / max(seen, 1)
-            row |= {f"test_{task.metric}": test, "seconds": seconds, "skipped_batches": skipped}
-            history.append(row)
-            shown = f"train acc {100 * row['train_accuracy']:6.2f}%  " if scored else ""
-            shown += f"test acc {100 * test:6.2f}%" if task.classify else f"test mse {test:.4e}"
-            log(f"epoch {epoch:3d}  energy {row['energy']:.4f}  {shown}  {seconds:6.2f} s"
-                + (f"  ({skipped} batches skipped)" if skipped else ""))
-            if folder is not None:
-                with open(folder / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                with open(folder / "metrics.csv", "a") as f:
-                    f.write(",".join(str(row[c]) for c in columns) + "\n")
-                checkpoint.save(folder, snapshot(epoch, 0, None, None))
-    if folder is not None:
-        torch.save(model.state_dict(), folder / "model.pt")
-    last, key = history[-1], f"test_{task.metric}"
-    best = (max if task.higher_is_better else min)(h[key] for h in history)
-    return TrainResult(spec.name, n_epochs, task.metric, last[key], best, last.get("train_accuracy"),
-                       last["energy"], [h["seconds"] for h in history], sum(p.numel() for p in model.parameters()),
-                       task.states_per_sample(graph) if baseline is None else 0, history)
+def _interrupt(run: RunSetup, epoch: int, position: int, sums: list[float], skipped: int) -> None:
+    """Stop mid-epoch: save a checkpoint at ``position`` with the epoch's global ``sums`` so far."""
+    e, c, n = sums
+    partial = {"energy": e, "correct": int(c), "seen": int(n), "skipped": skipped}
+    if run.out is not None:
+        if run.folder is not None:
+            checkpoint.save(run.folder, run.snapshot(epoch - 1, position, run.perm, partial))
+        raise Interrupted(f"interrupted in epoch {epoch}; resume with: pcgraph train --resume {run.out}")
+    raise Interrupted(f"interrupted in epoch {epoch}; nothing saved (no --out given)")
 
 
 def _quiet(line: str) -> None:

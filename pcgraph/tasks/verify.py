@@ -15,14 +15,11 @@ import json
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pcgraph.compile import CompiledGraph, States, compile
 from pcgraph.errors import SpecError
-from pcgraph.optim import StateSGD
-from pcgraph.solve import Solver
-from pcgraph.spec import Categorical
+from pcgraph.solver import Solver, StateSGD
 
 
 @dataclass
@@ -146,13 +143,12 @@ def with_output_precision(graph: CompiledGraph, batch: States, scale: float) -> 
     nodes = dict(graph.spec.graph.nodes)
     for v in batch:
         if graph.nodes[v].incoming:
-            energy = nodes[v].energy
-            if isinstance(energy, Categorical) or energy.scalar is None:
-                what = "is categorical" if isinstance(energy, Categorical) else "has a matrix or learnt precision"
-                raise SpecError("approx mode scales output precisions, so it needs gaussian outputs with a "
-                                f"fixed scalar precision; {v!r} {what} (use --mode exact)", f"graph.nodes.{v}.energy")
-            nodes[v] = nodes[v].model_copy(update={"energy": energy.model_copy(
-                update={"precision": energy.scalar * scale, "covariance": None})})
+            energy = nodes[v].energy.scaled(scale)
+            if energy is None:
+                raise SpecError("approx mode scales output precisions, so it needs outputs whose energy has a fixed "
+                                f"precision to scale (gaussian, laplace); {v!r} has a {nodes[v].energy.kind} energy "
+                                "without one (use --mode exact)", f"graph.nodes.{v}.energy")
+            nodes[v] = nodes[v].model_copy(update={"energy": energy})
     spec = graph.spec.model_copy(update={"graph": graph.spec.graph.model_copy(update={"nodes": nodes})})
     ref = next(iter(graph.parameters()), None)
     copy = compile(spec)
@@ -164,14 +160,11 @@ def with_output_precision(graph: CompiledGraph, batch: States, scale: float) -> 
 
 def random_batch(graph: CompiledGraph, nodes: list[str], size: int, dtype=torch.float32,
                  seed: int = 0) -> States:
-    """Random values for ``nodes``: standard normal, or random one-hot rows for categorical ones."""
+    """Random values for ``nodes``, of the kind each node's energy scores (standard normal for
+    gaussian, one-hot rows for categorical, binary for bernoulli)."""
     gen = torch.Generator().manual_seed(seed)
     batch = {}
     for v in nodes:
         n = graph.nodes[v]
-        if isinstance(n.spec.energy, Categorical):
-            k = n.shape[0]
-            batch[v] = F.one_hot(torch.randint(0, k, (size,), generator=gen), k).to(dtype)
-        else:
-            batch[v] = torch.randn(size, *n.shape, generator=gen, dtype=dtype)
+        batch[v] = n.spec.energy.random_data(size, n.shape, gen, dtype)
     return batch

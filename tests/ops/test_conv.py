@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import pcgraph
-from pcgraph._impl.loop import Plan, autograd_grads, constant_edges, local_grads
 from pcgraph.errors import SpecError
+from pcgraph.solver.loop import Run, autograd_grads, local_grads
+from pcgraph.solver.plan import Constants, Plan
 
 f64 = torch.float64
 
@@ -85,13 +86,13 @@ def test_energy_and_gradients_equal_autograd_on_torch_modules(spec):
     params = list(graph.parameters())
     ref = torch.autograd.grad(energy, [h, gg, *params])
     plan = Plan(graph, {"image", "label"})
-    const = constant_edges(graph, plan, states)
+    const = Constants.at(graph, plan, states)
     for route in (local_grads, autograd_grads):
-        e, gx, gp = route(graph, plan, states, const, plan.terms + plan.fixed_terms, True, params)
+        e, gx, gp = Run(graph, plan, const, params, route).grads(states, plan.terms + plan.fixed_terms, True)
         assert torch.allclose(e, energy.detach(), rtol=1e-10)
         for want, got in zip(ref[2:], params):  # local/autograd routes give batch means
             assert torch.allclose(gp[got] * 3, want, rtol=1e-8, atol=1e-10)
-        e, gx, _ = route(graph, plan, states, const, plan.terms, False, params)
+        e, gx, _ = Run(graph, plan, const, params, route).grads(states, plan.terms, False)
         assert torch.allclose(gx["h"], ref[0], rtol=1e-8, atol=1e-10)
         assert torch.allclose(gx["g"], ref[1], rtol=1e-8, atol=1e-10)
 

@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 import pcgraph
 from pcgraph import SpecError, compile
-from pcgraph._impl.loop import Plan, autograd_grads, constant_edges, local_grads
-from pcgraph._impl.sparse import SparseLinear
+from pcgraph.ops.message_passing import SparseLinear
+from pcgraph.solver.loop import Run, autograd_grads, local_grads
+from pcgraph.solver.plan import Constants, Plan
 from tests.strategies import cyclic_graphs
 
 f64 = torch.float64
@@ -55,13 +56,13 @@ def test_sparse_equals_dense_masked_matrix(case, batch):
     params = list(graph.parameters())
     for route in (local_grads, autograd_grads):
         s = {v: x.clone() for v, x in states.items()}
-        e, gx, gp = route(graph, plan, s, constant_edges(graph, plan, s), plan.terms, True, params)
+        e, gx, gp = Run(graph, plan, Constants.at(graph, plan, s), params, route).grads(s, plan.terms, True)
         torch.testing.assert_close(e, e_ref.detach(), atol=1e-6, rtol=1e-6)
         for v in states:
             torch.testing.assert_close(gx[v], gx_ref[v], atol=1e-6, rtol=1e-6)
         # a learning step's gradient is the batch mean; a dense grad's masked entries are the edges'
         s_local = {v: x.clone() for v, x in states.items()}
-        _, _, gp = route(graph, plan, s_local, constant_edges(graph, plan, s_local), plan.terms, True, params)
+        _, _, gp = Run(graph, plan, Constants.at(graph, plan, s_local), params, route).grads(s_local, plan.terms, True)
         for m, g_dense in zip(mods, gw_ref):
             i, j = m.edge_index[1], m.edge_index[0]
             torch.testing.assert_close(gp[m.weight] * batch, g_dense[i, j], atol=1e-6, rtol=1e-6)

@@ -10,7 +10,7 @@ import torch
 import pcgraph
 from pcgraph.cli import main
 from pcgraph.errors import Interrupted, UsageError
-from pcgraph.solve import Solver
+from pcgraph.solver import Solver
 from pcgraph.tasks import checkpoint
 from pcgraph.tasks.train import train
 

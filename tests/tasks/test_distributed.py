@@ -9,13 +9,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import pcgraph
-from pcgraph._impl import distributed
 from pcgraph.cli import main
 from pcgraph.data import load_dataset
 from pcgraph.errors import SpecError
-from pcgraph.optim import weight_optimizer
-from pcgraph.solve import Solver
+from pcgraph.solver import Solver
+from pcgraph.tasks import distributed
 from pcgraph.tasks.objective import Backprop, Objective
+from pcgraph.tasks.setup import weight_optimizer
 from pcgraph.tasks.train import prepare, train
 
 CASES = [(method, dtype) for method in ("pc", "bp") for dtype in (torch.float64, torch.float32)]

@@ -61,6 +61,24 @@ def test_propagated_precision_gives_the_kalman_posterior_mean_at_every_step():
     assert torch.allclose(result.predictions["y"][:, 0], y - kf.innovations, atol=1e-6, rtol=0)
 
 
+def test_vector_prior_and_float64_spec_values_give_the_kalman_filter_to_1e_9():
+    """A non-isotropic initial belief N((1, 0, 0.5, -1), P0) written in the spec, and A, C, Q, R
+    read in float64 (compile(dtype=float64)): PC with propagated precision equals the filter to 1e-9."""
+    s = random_system()
+    s.m0 = torch.tensor([1.0, 0.0, 0.5, -1.0], dtype=f64)
+    s.P0 = torch.diag(torch.tensor([0.5, 2.0, 1.0, 0.25], dtype=f64)) + 0.1
+    data = kalman_spec(s, 0.0).model_dump(mode="json", by_alias=True)
+    data["graph"]["nodes"]["x"]["prior"] = {"mean": s.m0.tolist(), "covariance": rows(s.P0)}
+    graph = pcgraph.compile(pcgraph.spec_from_dict(data), dtype=f64)
+    system, _, _ = linear_system(graph)
+    for a, b in ((system.A, s.A), (system.C, s.C), (system.m0, s.m0)):
+        assert torch.equal(a, b)  # not a digit lost
+    assert torch.allclose(system.P0, s.P0, atol=1e-14) and torch.allclose(system.Q, s.Q, atol=1e-14)
+    _, y = s.simulate(30, torch.Generator().manual_seed(2))
+    result = run_sequence(graph, {"y": y[:, None]}, converging_solver(s, steps=40000), "propagated")
+    assert torch.allclose(result.estimates["x"][:, 0], kalman_filter(s, y).means, atol=1e-9, rtol=0)
+
+
 def test_linear_system_reads_the_graph():
     s = system_with_scalar_prior()
     system, x, y = linear_system(pcgraph.compile(kalman_spec(s, 0.5)).double())
@@ -134,10 +152,10 @@ def test_learnt_measurement_precision_recovers_the_noise_variance():
     truth_graph = pcgraph.compile(kalman_spec(s, 0.5)).double()
     _, obs = simulate(truth_graph, 150, 64, torch.Generator().manual_seed(1), f64)
     graph = pcgraph.compile(kalman_spec(s, 0.5, learn_r="diagonal", r_init=[1.0, 1.0])).double()
-    opt = torch.optim.Adam([graph.precisions["y"].log_diag], lr=0.02)
+    opt = torch.optim.Adam([graph.terms["y"].log_diag], lr=0.02)
     for _ in range(2):
         run_sequence(graph, obs, converging_solver(s, 50), "fixed", optimizer=opt)
-    variance = torch.exp(-graph.precisions["y"].log_diag.detach())
+    variance = torch.exp(-graph.terms["y"].log_diag.detach())
     assert torch.allclose(variance, torch.tensor([0.5, 2.0], dtype=f64), rtol=0.1), variance
 
 

@@ -85,17 +85,3 @@ def path(e: dict) -> str:
     if e["type"] == "op_args":
         out += e["ctx"]["sub"]
     return out
-
-
-def check_spd(rows: list[list[float]], name: str) -> None:
-    """Raise ValueError unless ``rows`` is a symmetric positive definite square matrix."""
-    import torch
-
-    n = len(rows)
-    if any(len(r) != n for r in rows):
-        raise ValueError(f"{name} must be a square matrix, got rows of lengths {[len(r) for r in rows]}")
-    m = torch.tensor(rows, dtype=torch.float64)
-    if not torch.allclose(m, m.T, rtol=1e-9, atol=1e-12):
-        raise ValueError(f"{name} must be symmetric")
-    if torch.linalg.cholesky_ex(m).info != 0:
-        raise ValueError(f"{name} must be positive definite")

@@ -7,7 +7,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import pcgraph
-from pcgraph.optim import StateSGD
+from pcgraph.solver import StateSGD
 from tests.strategies import SMOOTH, cyclic_graphs, layered_graphs, random_batch
 
 f64 = torch.float64

@@ -57,7 +57,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None) -> Dataset:
         folder = next((Path(root) / sub for sub in _IMAGE_FOLDERS
                        if (Path(root) / sub / "train").is_dir() and (Path(root) / sub / "test").is_dir()), None)
         if folder is not None:
-            from pcgraph._impl.images import read_image_folder
+            from pcgraph.data.images import read_image_folder
 
             return Dataset(name, *read_image_folder(folder / "train"), *read_image_folder(folder / "test"),
                            source=str(folder))

@@ -1,4 +1,4 @@
-"""Optimizers: the state optimizers of inference, and torch.optim for the parameters.
+"""State optimizers: how inference moves the states down dE/dx (eqs. 34-35).
 
 State optimizers update per element, so a sample's trajectory never depends on the rest of the
 batch. They are small objects with ``init(xs) -> buffers`` and ``step(xs, grads, buffers)``,
@@ -7,13 +7,10 @@ updating the states in place; a fresh set of buffers is made for every batch.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import Tensor
 
 from pcgraph import spec as S
-from pcgraph.errors import SpecError
 
 
 class StateSGD:
@@ -75,38 +72,3 @@ def state_optimizer(spec: S.SGD | S.Adam | S.Euler) -> StateSGD | StateAdam:
     if isinstance(spec, S.Euler):
         return StateSGD(spec.alpha * spec.dt)
     return StateSGD(spec.lr, spec.momentum)
-
-
-# the base class; LBFGS needs a closure, SparseAdam sparse gradients, Muon 2-D parameters only
-_UNSUITABLE = {"optimizer", "lbfgs", "sparseadam", "muon"}
-
-
-def weight_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
-    """The torch.optim class called ``name`` (case-insensitive); ValueError naming the known ones."""
-    known = {
-        k.lower(): v
-        for k, v in vars(torch.optim).items()
-        if isinstance(v, type) and issubclass(v, torch.optim.Optimizer) and k.lower() not in _UNSUITABLE
-    }
-    if name.lower() not in known:
-        raise ValueError(f"unknown torch.optim optimizer {name!r} (known: {', '.join(sorted(known))})")
-    return known[name.lower()]
-
-
-def weight_optimizer(spec: S.WeightOptimizerSpec, params) -> torch.optim.Optimizer:
-    """Build the spec's torch.optim optimizer over ``params``."""
-    cls = weight_optimizer_class(spec.kind)
-    options = dict(spec.options)
-    accepts = inspect.signature(cls).parameters
-    if "fused" in accepts and not {"fused", "foreach"} & set(options):
-        options["fused"] = True  # one fused kernel per step; the CPU default is a Python loop
-    elif "foreach" in accepts and not {"fused", "foreach"} & set(options):
-        options["foreach"] = True
-    if "weight_decay" in accepts:
-        options["weight_decay"] = spec.weight_decay
-    elif spec.weight_decay:
-        raise SpecError(f"{cls.__name__} has no weight decay; remove weight_decay", "learning.optimizer.weight_decay")
-    try:
-        return cls(params, lr=spec.lr, **options)
-    except (TypeError, ValueError) as err:
-        raise SpecError(f"{cls.__name__} rejected these options: {err}", "learning.optimizer.options") from None

@@ -3,7 +3,7 @@
 The batch is the feature dimension of the message passing: states ``x`` of shape (B, N_source)
 are passed as N_source vertices with B features, so one sparse-matrix product
 ``mu^T = A x^T`` (A: N_target x N_source in CSR form, values w) serves the whole batch. The
-closed-form local rules (:mod:`pcgraph._impl.local`) use ``dE/dx = (A^T g^T)^T`` and
+closed-form local rule (:meth:`SparseLinear.local_vjp`) use ``dE/dx = (A^T g^T)^T`` and
 ``dE/dw_ij = sum_b g_bi x_bj`` (a sampled product on A's pattern), so an inference step costs
 O(E B) time and O(N B + E) memory.
 """
@@ -15,6 +15,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from pcgraph.ops import OpModule
 
 with warnings.catch_warnings():  # torch-geometric's import-time deprecation notices
     warnings.simplefilter("ignore")
@@ -42,7 +44,7 @@ def _crow(rows: Tensor, n: int) -> Tensor:
     return torch.ops.aten._convert_indices_from_coo_to_csr(rows, n)
 
 
-class SparseLinear(MessagePassing):
+class SparseLinear(MessagePassing, OpModule):
     r"""mu_i = \sum_{j \to i} w_{ij} x_j + b_i, one weight per connection, batched over samples.
 
     ``src`` and ``dst`` (sorted by target, then source, no repeats) are the connections; the
@@ -51,6 +53,7 @@ class SparseLinear(MessagePassing):
     """
 
     propagate_type = {"x": Tensor, "edge_weight": Tensor | None}  # both paths' arguments
+    has_local_rule = True
 
     def __init__(self, src: Tensor, dst: Tensor, n_source: int, n_target: int, bias: bool = True,
                  init: str = "fan_in"):
@@ -77,6 +80,9 @@ class SparseLinear(MessagePassing):
     def refresh(self) -> None:
         """Forget the cached A^T (the solver calls it at the start of every relaxation)."""
         self._transposed = None
+
+    def connections(self) -> tuple[Tensor, Tensor]:
+        return self.edge_index[0], self.edge_index[1]
 
     def adjacency_t(self) -> Tensor:
         """A^T in CSR form, cached within a relaxation and rebuilt when the weights may have

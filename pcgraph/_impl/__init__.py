@@ -1,1 +1,0 @@
-"""Private machinery behind the solver."""

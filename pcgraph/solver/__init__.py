@@ -1,0 +1,15 @@
+"""The engine: inference (state relaxation) and learning on a compiled graph.
+
+- :mod:`~pcgraph.solver.solver`: :class:`Solver`, the one public entry point (relax, step, gradients);
+- :mod:`~pcgraph.solver.batch`: the values a call gives (whole nodes, or some neurons: :class:`Clamp`);
+- :mod:`~pcgraph.solver.plan`: what a clamp set leaves to relax and which work is constant;
+- :mod:`~pcgraph.solver.loop`: the inner loop and its two gradient routes;
+- :mod:`~pcgraph.solver.local`: closed-form local rules of the built-in ops;
+- :mod:`~pcgraph.solver.optim`: state optimizers.
+"""
+
+from pcgraph.solver.batch import Clamp
+from pcgraph.solver.optim import StateAdam, StateSGD, state_optimizer
+from pcgraph.solver.solver import Relaxation, Solver
+
+__all__ = ["Clamp", "Relaxation", "Solver", "StateAdam", "StateSGD", "state_optimizer"]

@@ -1,0 +1,280 @@
+"""The solver: inference (state relaxation, eqs. 34-35) and learning (eqs. 38-39).
+
+Given a batch ``{node: tensor}``, the given nodes are clamped and every other node is inferred:
+``x <- x - lr * dE/dx`` (or momentum / Adam) for T steps or until the gradient is small; a
+:class:`~pcgraph.solver.batch.Clamp` entry clamps some neurons of a node and leaves the rest to
+inference (its gradient is masked at the clamped ones). Learning then takes one optimizer step on
+``dE/dtheta`` at the relaxed states, averaged over the batch. PC variants
+(:mod:`pcgraph.variants`: standard, incremental, exact, ...) are settings of this one solver:
+it reads what the variant states, never its name.
+
+The clamp set is known before inference starts, so :class:`~pcgraph.solver.plan.Plan` splits the work:
+- an edge whose sources are all clamped predicts a constant: computed once per batch;
+- a free node with no outgoing edge sits at its optimum (its energy's ``optimum(mu)``, energy 0,
+  no gradient to its parents), so it is set once after relaxation instead of being relaxed;
+- only the energy terms that depend on a relaxed state are evaluated inside the loop.
+Gradients come from the closed-form local rules when every op has one, else from autograd
+(``torch.autograd.grad`` on the states only, with a warning naming the ops); the two agree (tested).
+In standard PC the last energy evaluation also yields the parameter gradients, so learning costs
+one extra pass of weight-gradient products and nothing else.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from pcgraph.compile import CompiledGraph, States, edge_forward
+from pcgraph.errors import DivergenceError, PCGraphWarning
+from pcgraph.ops import OpModule
+from pcgraph.solver import local
+from pcgraph.solver.batch import check_batch
+from pcgraph.solver.loop import (
+    Captured,
+    Run,
+    autograd_grads,
+    finish,
+    fixed_loop,
+    graph_device,
+    local_grads,
+    param_step,
+    zero_scalar,
+)
+from pcgraph.solver.optim import StateAdam, StateSGD, state_optimizer
+from pcgraph.solver.plan import Constants, Plan
+from pcgraph.spec import SGD, GraphSpec
+from pcgraph.variants import Variant, parse_variant
+
+
+@dataclass
+class Relaxation:
+    """What inference returns: relaxed ``states`` (every node, detached), the total ``energy``
+    before each step and after the last one (shape (steps + 1,)), the number of ``steps`` run,
+    and (forward init only) the feedforward prediction of each clamped leaf in ``predicted``."""
+
+    states: States
+    energy: Tensor
+    steps: int
+    predicted: States
+
+
+class Solver:
+    """Inference and learning settings, with defaults.
+
+    Args:
+        steps: maximum number of inference steps T.
+        optimizer: state optimizer (:class:`~pcgraph.solver.optim.StateSGD` or ``StateAdam``).
+        init: ``forward`` (feedforward pass), ``zeros`` or ``prior`` (prior mean, else zeros).
+        tol: stop when every sample's state-gradient norm is below ``tol`` (checked every
+            ``check_every`` steps, the only host sync of the loop).
+        variant: a :class:`~pcgraph.variants.Variant` or its registered name: ``standard`` (relax,
+            then one parameter step), ``incremental`` (iPC: a parameter step after every inference
+            step) or ``exact`` (fixed prediction: the parameter gradient equals backprop's on any
+            acyclic graph); see :mod:`pcgraph.variants`.
+        local_rules: use the closed-form local rules when the graph's ops allow (default), or
+            always autograd (``False``).
+        compile: ``torch.compile`` the fixed-step loop (local rules, no ``tol``, standard PC):
+            a one-time compile for the first batch size seen (other sizes run eagerly), then
+            less Python and kernel-launch overhead per batch. On CUDA the whole T-step loop is
+            captured once as a CUDA graph (``mode="reduce-overhead"``) and replayed; if compiling
+            or capturing fails, a warning says so and the eager loop runs.
+    """
+
+    def __init__(self, steps: int = 20, optimizer: StateSGD | StateAdam | None = None, init: str = "forward",
+                 tol: float | None = None, check_every: int = 4, variant: str | dict | Variant = "standard",
+                 local_rules: bool = True, compile: bool = False):
+        if init not in ("forward", "zeros", "prior"):
+            raise ValueError(f"init must be forward, zeros or prior, got {init!r}")
+        self.steps, self.init, self.tol, self.check_every = steps, init, tol, check_every
+        self.variant = parse_variant(variant)
+        self.local_rules, self.compile = local_rules, compile
+        self._cache: dict = {}
+        self._warned: set[int] = set()
+        self.optimizer = optimizer or state_optimizer(SGD())
+
+    @classmethod
+    def from_spec(cls, spec: GraphSpec, **overrides) -> Solver:
+        inf = spec.inference
+        kwargs = dict(steps=inf.steps, optimizer=state_optimizer(inf.optimizer), init=inf.init, tol=inf.tol,
+                      check_every=inf.check_every, variant=spec.learning.variant, compile=inf.compile)
+        return cls(**{**kwargs, **overrides})
+
+    # --- the public calls --------------------------------------------------------------------
+
+    def relax(self, graph: CompiledGraph, batch: States, init: States | None = None,
+              weight_optimizer: torch.optim.Optimizer | None = None) -> Relaxation:
+        """Infer every node not in ``batch`` (and the free neurons of :class:`Clamp` entries);
+        ``init`` optionally gives starting states (warm start). With ``weight_optimizer`` the
+        parameters learn too: after relaxation, or after every step (``variant.learn_every_step``)."""
+        return self._run(graph, batch, init, weight_optimizer, False)[0]
+
+    def gradients(self, graph: CompiledGraph, batch: States) -> tuple[Relaxation, dict[str, Tensor]]:
+        """Relax, then return the batch-mean parameter gradient dE/dtheta at the relaxed states
+        (what a learning step would use), by parameter name, without changing any parameter."""
+        relaxation, grads = self._run(graph, batch, None, None, True)
+        return relaxation, {name: grads.get(p, torch.zeros_like(p)) for name, p in graph.named_parameters()}
+
+    def step(self, graph: CompiledGraph, batch: States, optimizer: torch.optim.Optimizer) -> Relaxation:
+        """One PC update on ``batch`` (relax and learn, per ``variant``); returns the relaxation."""
+        return self.relax(graph, batch, weight_optimizer=optimizer)
+
+    def learn(self, graph: CompiledGraph, relaxation: Relaxation, optimizer: torch.optim.Optimizer) -> Tensor:
+        """One parameter step on dE/dtheta at given relaxed states (eqs. 38-39), batch-averaged,
+        by autograd on :meth:`CompiledGraph.energy`. Returns the batch-mean energy."""
+        states = {v: x.detach() for v, x in relaxation.states.items()}
+        b = next(iter(states.values())).shape[0]
+        optimizer.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = graph.energy(states) / b
+        if not bool(torch.isfinite(loss)):
+            raise _divergence(graph, states, loss.detach().reshape(1), "learning", self.optimizer)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    # --- the run -----------------------------------------------------------------------------
+
+    def _run(self, graph, batch, init, weight_optimizer, want_grads):
+        b, batch, free = check_batch(graph, batch)
+        plan = Plan(graph, set(batch) - set(free), free)
+        local.refresh(graph)
+        variant = self.variant
+        use_local = self.local_rules and self._local_rules_apply(graph)
+        variant.check(graph, plan.relaxed, use_local, bool(free))
+        steps, unit_step = variant.inference(graph, self.steps)
+        optimizer = StateSGD(unit_step) if unit_step is not None else self.optimizer
+        fixed = variant.fixed_predictions
+        every_step = weight_optimizer is not None and variant.learn_every_step
+        with torch.no_grad():
+            states, const, predicted = self._initial_states(graph, batch, plan, None if fixed else init, fixed)
+            energy_fixed = sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), zero_scalar(states))
+        params = [p for p in graph.parameters() if p.requires_grad]
+        run = Run(graph, plan, const, params, local_grads if use_local else autograd_grads, fixed)
+        # learning every step with nothing to infer has no steps to learn in: it learns once, at the end
+        learn_now = (weight_optimizer is not None and (not every_step or not plan.relaxed)) or want_grads
+        if fixed:  # the relaxed states hold their deviations from the feedforward values
+            start = {v: states[v] for v in plan.relaxed}
+            states.update({v: torch.zeros_like(x) for v, x in start.items()})
+            trace, gp = fixed_loop(run, optimizer, states, steps, learn_now)
+            states.update({v: start[v] + states[v] for v in start})
+        elif every_step or self.tol is not None:
+            trace, gp, steps = self._stepwise(run, states, optimizer, steps, weight_optimizer if every_step else None,
+                                              b, learn_now)
+        else:  # fixed T and no host sync: one function, compiled when asked for
+            loop = self._compiled(graph, plan, b) if (self.compile and use_local and _compilable(graph, plan)) \
+                else fixed_loop
+            trace, gp = loop(run, optimizer, states, steps, learn_now)
+        energy = torch.stack(trace) + energy_fixed
+        if not bool(torch.isfinite(energy).all()):
+            raise _divergence(graph, states, energy, "inference", optimizer)
+        if learn_now and weight_optimizer is not None:
+            param_step(weight_optimizer, gp)
+        with torch.no_grad():
+            for v in plan.leaves:
+                states[v] = graph.terms[v].optimum(graph.prediction(states, v))
+        return Relaxation(states, energy, steps if plan.relaxed else 0, predicted), gp
+
+    def _local_rules_apply(self, graph: CompiledGraph) -> bool:
+        """True when every op has a local rule; otherwise warn once per graph, naming the ops."""
+        missing = local.without_local_rule(graph)
+        if missing and id(graph) not in self._warned:
+            self._warned.add(id(graph))
+            warnings.warn(f"{', '.join(missing)} has no local rule (pcgraph.ops.OpModule.local_vjp), so this graph "
+                          "runs inference on autograd, which is slower", PCGraphWarning, stacklevel=4)
+        return not missing
+
+    def _stepwise(self, run: Run, states, optimizer, steps, weight_optimizer, b, learn):
+        """The loop with a tolerance stop and/or parameter steps after every step (eager only)."""
+        graph, plan = run.graph, run.plan
+        xs = [states[v] for v in plan.relaxed]
+        buffers = optimizer.init(xs)
+        trace, done = [], 0
+        for _ in range(steps if xs else 0):
+            e, gx, gp = run.grads(states, plan.terms, weight_optimizer is not None)
+            trace.append(e)
+            if weight_optimizer is not None:  # parameters change every step: recompute constant edges next time
+                if not bool(torch.isfinite(e)):  # never step the parameters on a diverged energy
+                    raise _divergence(graph, states, torch.stack(trace), "inference", optimizer)
+                if plan.fixed_terms:  # terms with no relaxed state still teach their edges
+                    _, _, more = run.grads(states, plan.fixed_terms, True, need_states=False)
+                    gp = {p: gp.get(p, 0) + more.get(p, 0) for p in {**gp, **more}}
+                param_step(weight_optimizer, gp)
+                with torch.no_grad():
+                    run = replace(run, const=Constants.at(graph, plan, states))
+            with torch.no_grad():
+                optimizer.step(xs, plan.step_grads(gx), buffers)
+            done += 1
+            if self.tol is not None and done % self.check_every == 0 and self._converged(gx, plan, b):
+                break
+        trace, gp = finish(run, states, learn, trace)
+        return trace, gp, done
+
+    def _compiled(self, graph: CompiledGraph, plan: Plan, b: int):
+        """torch.compile of the fixed-step loop (:func:`~pcgraph.solver.loop.pure_loop`) for the
+        first batch size seen with this graph, clamp set and device; other sizes (an epoch's last,
+        smaller batch) run eagerly instead of recompiling. On CUDA the mode is ``reduce-overhead``:
+        the whole T-step loop is captured once as a CUDA graph and replayed for every batch."""
+        device = graph_device(graph)
+        key = (id(graph), tuple(plan.relaxed), device)
+        if key not in self._cache:
+            self._cache[key] = (b, Captured(device))
+        size, fn = self._cache[key]
+        return fn if size == b and not fn.failed else fixed_loop
+
+    def _initial_states(self, graph: CompiledGraph, batch: States, plan: Plan, init: States | None, forward: bool):
+        predicted: States = {}
+        if (self.init == "forward" or forward) and init is None:
+            # clamped leaves are left out of the pass so it predicts them too (one edge each)
+            out = {v for v in batch if graph.nodes[v].incoming and not graph.nodes[v].outgoing and v not in plan.free}
+            out = out if len(out) < len(batch) else set()
+            every = frozenset(range(len(graph.edges)))
+            given = {v: x for v, x in batch.items() if v not in out}
+            states, kept = graph.feedforward(given, every, plan.free)
+            batch = {v: x for v, x in batch.items() if v not in plan.free}  # now set by the pass
+            predicted = {v: states[v] for v in out}
+            states.update(batch)
+            for i in every - kept.keys():  # edges into clamped nodes
+                kept[i] = edge_forward(graph.edges[i], states)
+            const = Constants.collect(graph, plan, kept, fresh=True)
+        else:
+            states = dict(batch)
+            ref = next(iter(batch.values()))
+            missing = [v for v in plan.relaxed if init is not None and v not in init]
+            if missing:
+                raise KeyError(f"init gives no starting state for {missing}; give every inferred node")
+            for v in plan.relaxed:
+                start = init[v] if init is not None else graph.root_value(v, ref, self.init == "prior")
+                states[v] = start if v not in plan.free else torch.where(plan.free[v] > 0, start, batch[v])
+            const = Constants.at(graph, plan, states)
+        states = {v: x.detach().clone() if v in plan.relaxed else x for v, x in states.items()}
+        return states, const, predicted
+
+    def _converged(self, gx: States, plan: Plan, b: int) -> bool:
+        sq = sum(g.reshape(b, -1).square().sum(1) for g in plan.step_grads(gx) if g is not None)
+        return bool(torch.as_tensor(sq).max() <= self.tol**2)
+
+
+def _compilable(graph: CompiledGraph, plan: Plan) -> bool:
+    """torch.compile takes dense ops and whole-node clamps (sparse tensors and masks stay eager)."""
+    return not plan.free and not any(isinstance(m, OpModule) and m.connections() is not None
+                                     for e in graph.edges for m in e.pipeline)
+
+
+def _divergence(graph: CompiledGraph, states: States, energy: Tensor, phase: str, opt) -> DivergenceError:
+    bad_step = int(torch.nonzero(~torch.isfinite(energy))[0, 0])
+    bad = []
+    with torch.no_grad():
+        for v in (v for v in graph.order if v in states):
+            if not bool(torch.isfinite(states[v]).all()):
+                bad.append(f"{v} (state)")
+            elif graph.nodes[v].has_energy and not bool(torch.isfinite(graph.node_energy(states, v)).all()):
+                bad.append(f"{v} (error)")
+    where = f"at inference step {bad_step}" if phase == "inference" else "in the learning step"
+    return DivergenceError(
+        f"energy became {energy[bad_step].item()} {where}; non-finite: {', '.join(bad) or 'none found'}. "
+        f"Lower inference.optimizer.lr (now {getattr(opt, 'lr', '?')}) or the learning rate, "
+        "or check the data for NaN/inf."
+    )

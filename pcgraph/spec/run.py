@@ -1,0 +1,228 @@
+"""How a spec runs: inference, learning, data, training, the backprop baseline and time."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, NamedTuple
+
+import torch
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+)
+
+from pcgraph.spec.graph import EdgeSpec, VariantField, _Strict, _Tagged, _tagged
+from pcgraph.variants import Standard
+
+# --- inference -------------------------------------------------------------------------------
+
+
+class SGD(_Tagged):
+    """x <- x - lr * v, v <- momentum * v + dE/dx."""
+
+    kind: Literal["sgd"] = "sgd"
+    lr: PositiveFloat = Field(0.1, description="State step size.")
+    momentum: float = Field(0.0, ge=0, lt=1, description="Heavy-ball momentum.")
+
+
+class Adam(_Tagged):
+    """Adam on the states (per element, so per sample)."""
+
+    kind: Literal["adam"] = "adam"
+    lr: PositiveFloat = Field(0.01, description="State step size.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Moment decay rates.")
+    eps: PositiveFloat = Field(1e-8, description="Denominator offset.")
+
+
+class Euler(_Tagged):
+    """Explicit Euler on dx/dt = -alpha dE/dx (eq. 35): x <- x - alpha * dt * dE/dx."""
+
+    kind: Literal["euler"] = "euler"
+    alpha: PositiveFloat = Field(0.1, description="Rate alpha.")
+    dt: PositiveFloat = Field(1.0, description="Time step.")
+
+
+StateOptimizerSpec = Annotated[
+    SGD | Adam | Euler, Field(discriminator="kind"), BeforeValidator(_tagged)
+]
+
+
+class InferenceSpec(_Strict):
+    """State relaxation (eqs. 34-35)."""
+
+    steps: PositiveInt = Field(20, description="Maximum number of inference steps T.")
+    init: Literal["forward", "zeros", "prior"] = Field(
+        "forward", description="State initialisation: feedforward pass, zeros, or prior mean."
+    )
+    optimizer: StateOptimizerSpec = Field(default_factory=SGD, description="State optimizer.")
+    tol: PositiveFloat | None = Field(
+        None, description="Stop early when every sample's state-gradient norm is below tol."
+    )
+    check_every: PositiveInt = Field(4, description="Steps between tolerance checks.")
+    compile: bool = Field(
+        False, description="torch.compile the fixed-step loop: a one-time compile, then faster steps."
+    )
+
+
+# --- learning ----------------------------------------------------------------------------------
+
+
+class WeightOptimizerSpec(_Strict):
+    """A torch.optim optimizer for the parameters."""
+
+    kind: str = Field("adam", description="torch.optim class name, case-insensitive (adam, sgd, adamw...).")
+    lr: PositiveFloat = Field(1e-3, description="Learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Further keyword arguments (momentum, betas, ...)."
+    )
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        weight_optimizer_class(v)  # raises ValueError naming the known ones
+        return v
+
+
+class LearningSpec(_Strict):
+    """Parameter learning (eqs. 38-39)."""
+
+    optimizer: WeightOptimizerSpec = Field(default_factory=WeightOptimizerSpec)
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="Learning-rate schedule over the whole run: constant, or cosine decay to 0."
+    )
+    warmup: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of the run's updates with a linear learning-rate warm-up."
+    )
+    variant: VariantField = Field(
+        default_factory=Standard,
+        description="A registered PC variant, as a name or {kind: ..., options}: standard (relax T steps "
+        "then one parameter step), incremental (iPC: a parameter step after every inference step), exact "
+        "(fixed predictions: exactly the backprop gradient on an acyclic graph).",
+    )
+
+
+# the base class; LBFGS needs a closure, SparseAdam sparse gradients, Muon 2-D parameters only
+_UNSUITABLE = {"optimizer", "lbfgs", "sparseadam", "muon"}
+
+
+def weight_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The torch.optim class called ``name`` (case-insensitive); ValueError naming the known ones."""
+    known = {
+        k.lower(): v
+        for k, v in vars(torch.optim).items()
+        if isinstance(v, type) and issubclass(v, torch.optim.Optimizer) and k.lower() not in _UNSUITABLE
+    }
+    if name.lower() not in known:
+        raise ValueError(f"unknown torch.optim optimizer {name!r} (known: {', '.join(sorted(known))})")
+    return known[name.lower()]
+
+
+# --- data and training ----------------------------------------------------------------------
+
+
+class Standardize(_Strict):
+    """x <- (x - mean_c) / std_c per channel c, on pixels in [0, 1]."""
+
+    mean: list[float] = Field(min_length=1, description="Per-channel means (one value per channel).")
+    std: list[PositiveFloat] = Field(min_length=1, description="Per-channel standard deviations.")
+
+
+class NodeRef(NamedTuple):
+    """``node`` or ``node[start:stop]``: a node, or a range of its (flattened) neurons."""
+
+    node: str
+    neurons: slice | None
+
+    @classmethod
+    def parse(cls, text: str) -> NodeRef:
+        m = _REF.fullmatch(text)
+        if m is None:
+            raise ValueError(f"expected a node name or node[start:stop], got {text!r}")
+        if m["start"] is None:
+            return cls(m["node"], None)
+        start, stop = int(m["start"]), int(m["stop"])
+        if stop <= start:
+            raise ValueError(f"expected start < stop in {text!r}")
+        return cls(m["node"], slice(start, stop))
+
+
+_REF = re.compile(r"(?P<node>[^\[\]]+?)(\[\s*(?P<start>\d+)\s*:\s*(?P<stop>\d+)\s*\])?")
+
+
+class DataSpec(_Strict):
+    """The data set and which nodes (or neuron ranges, ``x[0:64]``) it is clamped to. With a
+    ``target`` the task is classification (one-hot labels clamped to the target, metric: test
+    accuracy); without one (``target: null``) it is reconstruction of the input (metric: test mean
+    squared error per pixel). With ``complete`` it is completion: at test time those input neurons
+    are hidden, inferred, and scored by their mean squared error (an associative memory)."""
+
+    dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10"] = Field(
+        description="digits: scikit-learn's embedded 8x8 digits; mnist, fashion_mnist: 28x28; "
+        "cifar10: 3x32x32 colour images."
+    )
+    input: str = Field("image", description="Node (or node[start:stop]) the images are clamped to.")
+    target: str | None = Field(
+        "label", description="Node (or node[start:stop]) the one-hot labels are clamped to; null: reconstruction.")
+    complete: str | None = Field(
+        None, description="Input neurons hidden at test time, inferred and scored by MSE, e.g. x[32:64].")
+    batch_size: PositiveInt = Field(128, description="Training batch size.")
+    test_batch_size: PositiveInt = Field(1000, description="Evaluation batch size.")
+    normalize: Literal["unit", "center"] | Standardize = Field(
+        "center", description="unit: pixels in [0, 1]; center: (x - 0.5) / 0.5 in [-1, 1]; or "
+        "{mean: [...], std: [...]} per channel."
+    )
+
+
+    @field_validator("input", "target", "complete")
+    @classmethod
+    def _reference(cls, v: str | None) -> str | None:
+        if v is not None:
+            NodeRef.parse(v)
+        return v
+
+    def ref(self, field: str) -> NodeRef | None:
+        """``input``, ``target`` or ``complete`` as a :class:`NodeRef` (None when not set)."""
+        value = getattr(self, field)
+        return None if value is None else NodeRef.parse(value)
+
+
+class TrainSpec(_Strict):
+    epochs: PositiveInt = Field(10, description="Passes over the training set.")
+    seed: int = Field(0, description="Seed for parameters and shuffling (CPU runs repeat bit for bit).")
+    eval: Literal["feedforward", "inference"] = Field(
+        "feedforward",
+        description="Test prediction: a feedforward pass, or inference with only the input clamped "
+        "(reconstruction always infers the latents).",
+    )
+
+
+class BaselineSpec(_Strict):
+    """The backprop model PC is compared with (``pcgraph bench``, ``train(method="bp")``).
+
+    Without an encoder it is the same graph trained by backprop: the feedforward pass, loss = the
+    clamped outputs' energies. With one (for generative graphs, whose top latent PC infers) it is
+    an autoencoder: ``encoder`` maps the data node to the latent, the graph's edges decode it.
+    """
+
+    encoder: EdgeSpec | None = Field(
+        None, description="Encoder edge from the data input node to a root latent node (autoencoders)."
+    )
+    optimizer: WeightOptimizerSpec | None = Field(
+        None, description="Weight optimizer for backprop; default: learning.optimizer."
+    )
+
+
+class SequenceSpec(_Strict):
+    """Running a graph with delayed edges over time (``pcgraph filter``)."""
+
+    prior_precision: Literal["fixed", "steady_state", "propagated"] = Field(
+        "fixed", description="Precision of the recurrent state's prediction: fixed (as declared, e.g. the "
+        "process noise), steady_state (the steady-state Kalman prior) or propagated (Riccati, every step).")
+    length: PositiveInt = Field(200, description="Length of a simulated sequence.")
+    seed: int = Field(0, description="Seed of the simulation.")
+
+

@@ -1,0 +1,102 @@
+"""The training methods of :func:`pcgraph.tasks.train.train`: predictive coding (``pc``) and the
+spec's backprop baseline (``bp``). Each makes one update on a batch and scores the test set, so
+the epoch loop has no ``if method == ...`` in it."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pcgraph.compile import CompiledGraph
+from pcgraph.errors import SpecError
+from pcgraph.solver import Solver
+from pcgraph.spec import GraphSpec
+from pcgraph.tasks.objective import Backprop, Objective
+
+
+class Method:
+    """What the two methods share: the graph, the objective, the solver (also used to score) and
+    ``scored``, whether train accuracy is scored from feedforward predictions (acyclic graphs with
+    whole input and target nodes)."""
+
+    name = ""
+    steps = 1  # parameter updates per batch (how often a distributed stepper all-reduces)
+
+    def __init__(self, spec: GraphSpec, graph: CompiledGraph, task: Objective, solver: Solver):
+        self.graph, self.task, self.solver = graph, task, solver
+        self.input, self.target = spec.data.input, spec.data.target
+        self.scored = task.classify and graph.acyclic and task.input_ref.neurons is None \
+            and task.target_ref.neurons is None
+        self.model: torch.nn.Module = graph  # what is trained, broadcast and saved
+        self.optimizer_spec = spec.learning.optimizer
+
+    def step(self, batch: dict, stepper, n: int) -> tuple[Tensor | None, Tensor | None]:
+        """One update on ``batch`` holding ``n`` real samples (0: a stand-in of weight 0); returns
+        (the energy to add to the epoch's sum or None, the target's predictions or None)."""
+        raise NotImplementedError
+
+    def evaluate(self, x: Tensor, y: Tensor) -> float:
+        """The test metric on (x, y)."""
+        return self.task.evaluate(self.graph, self.solver, x, y, None)
+
+    def states_per_sample(self) -> int:
+        return self.task.states_per_sample(self.graph)
+
+    def _feedforward(self, batch: dict) -> Tensor:
+        with torch.no_grad():
+            return self.graph({self.input: batch[self.input]})[self.target]
+
+
+class PCMethod(Method):
+    """Predictive coding: :meth:`Solver.step` (relax, then learn or learn every step)."""
+
+    name = "pc"
+
+    def __init__(self, spec: GraphSpec, graph: CompiledGraph, task: Objective, solver: Solver):
+        super().__init__(spec, graph, task, solver)
+        if solver.variant.learn_every_step:
+            self.steps = solver.steps
+        # forward init makes the feedforward predictions of a leaf target for free
+        forward_init = spec.inference.init == "forward" or spec.learning.variant.fixed_predictions
+        self.extra_pass = self.scored and not (forward_init and not graph.nodes[task.target].outgoing)
+
+    def step(self, batch: dict, stepper, n: int) -> tuple[Tensor | None, Tensor | None]:
+        predicted = self._feedforward(batch) if self.extra_pass else None
+        r = self.solver.step(self.graph, batch, stepper)
+        predicted = r.predicted.get(self.target, predicted) if self.scored else None
+        return (r.energy[-1] if n > 0 else None), predicted
+
+
+class BPMethod(Method):
+    """The backprop baseline (:class:`Backprop`); its energy is the loss."""
+
+    name = "bp"
+
+    def __init__(self, spec: GraphSpec, graph: CompiledGraph, task: Objective, solver: Solver, device):
+        super().__init__(spec, graph, task, solver)
+        self.baseline = Backprop(spec, graph).to(device)
+        if self.baseline.encoder is not None:
+            self.model = self.baseline
+        self.optimizer_spec = spec.bp.optimizer or spec.learning.optimizer
+
+    def step(self, batch: dict, stepper, n: int) -> tuple[Tensor | None, Tensor | None]:
+        predicted = self._feedforward(batch) if self.scored else None
+        return self.baseline.step(batch, stepper) * n, predicted
+
+    def evaluate(self, x: Tensor, y: Tensor) -> float:
+        return self.task.evaluate(self.graph, self.solver, x, y, self.baseline)
+
+    def states_per_sample(self) -> int:
+        return 0
+
+
+def make_method(name: str, spec: GraphSpec, graph: CompiledGraph, task: Objective, device) -> Method:
+    """The method ``name`` (``pc`` or ``bp``) for ``spec``; checks that a feedforward evaluation
+    can predict the target."""
+    if task.classify and spec.train.eval == "feedforward" and not graph.nodes[task.target].incoming:
+        raise SpecError(f"the target {spec.data.target!r} has no incoming edges, so a feedforward pass cannot "
+                        "predict it; use train.eval: inference", "train.eval")
+    solver = Solver.from_spec(spec)
+    if name == "bp":
+        return BPMethod(spec, graph, task, solver, device)
+    return PCMethod(spec, graph, task, solver)

@@ -1,0 +1,88 @@
+"""PC variants: the learning rules one :class:`~pcgraph.Solver` runs, as registered classes.
+
+A variant does not run anything: it states what the solver does, and the solver reads these
+statements (it never compares variant names):
+
+- ``relaxes``: the variables inference moves (``states``: the node values x_v);
+- ``fixed_predictions``: predictions and their Jacobians stay at the feedforward pass during
+  inference (inference then starts from that pass, whatever ``init`` says);
+- ``learn_every_step``: parameters take a step after every inference step (else once, after
+  relaxation);
+- ``weight_gradient``: where the weight gradient dE/dtheta is taken (``relaxed``: at the states
+  inference ends in, eqs. 38-39);
+- :meth:`Variant.inference` may fix the number of steps and the state step size;
+- :meth:`Variant.check` refuses graphs the rule is not defined on, before any work.
+
+In a spec ``learning.variant`` is a name (``incremental``) or ``{kind: ..., options}``; it is turned
+into an object once. A new variant is one class in one file, decorated with :func:`register_variant`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pcgraph.errors import SpecError
+from pcgraph.registry import Registered, Registry
+
+
+class Variant(Registered):
+    """Base class of PC variants; subclasses set ``kind`` and the statements they change."""
+
+    relaxes: ClassVar[Literal["states"]] = "states"
+    fixed_predictions: ClassVar[bool] = False
+    learn_every_step: ClassVar[bool] = False
+    weight_gradient: ClassVar[Literal["relaxed"]] = "relaxed"
+
+    def inference(self, graph, steps: int) -> tuple[int, float | None]:
+        """(inference steps T, a fixed state step size replacing the state optimizer, or None)."""
+        return steps, None
+
+    def check(self, graph, relaxed: list[str], local_rules: bool, partly_clamped: bool) -> None:
+        """Raise :class:`SpecError` (at ``learning.variant``) if the rule is not defined on this run."""
+
+
+VARIANTS = Registry("variant", Variant)
+register_variant = VARIANTS.register  # class decorator: adds a class under its ``kind``
+parse_variant = VARIANTS.parse  # "name" or {"kind": "name", **args} -> an instance (ValueError if unknown)
+variant_json_schema = VARIANTS.json_schema  # a registered name or its mapping form
+
+
+@register_variant
+class Standard(Variant):
+    """Standard PC: relax the states for T steps, then one parameter step at the relaxed states."""
+
+    kind = "standard"
+
+
+@register_variant
+class Incremental(Variant):
+    """Incremental PC (iPC): a parameter step after every inference step."""
+
+    kind = "incremental"
+    learn_every_step = True
+
+
+@register_variant
+class Exact(Variant):
+    """Fixed prediction: predictions held at the feedforward pass; exactly backprop's gradient on a DAG.
+
+    During inference every prediction and its Jacobian stay at the feedforward values; T is the
+    graph's depth with unit Euler steps, so each step carries the errors one edge further (as in
+    Z-IL, notes eqs. 48-49), and the parameter gradient equals backprop's on any acyclic graph.
+    """
+
+    kind = "exact"
+    fixed_predictions = True
+
+    def inference(self, graph, steps: int) -> tuple[int, float | None]:
+        return graph.depth, 1.0
+
+    def check(self, graph, relaxed: list[str], local_rules: bool, partly_clamped: bool) -> None:
+        if not (graph.acyclic and local_rules and not partly_clamped):
+            raise SpecError("the exact variant needs an acyclic graph whose ops all have local rules, with "
+                            "whole nodes clamped", "learning.variant")
+        shifted = [v for v in relaxed if v in graph.terms and not graph.terms[v].energy.translation_invariant]
+        if shifted:
+            raise SpecError(f"the exact variant relaxes deviations from the feedforward pass, so the inferred "
+                            f"nodes need an energy of x - mu alone (gaussian, laplace); {shifted} have not",
+                            "learning.variant")

@@ -15,7 +15,7 @@ import torch
 
 from pcgraph.compiled import CompiledGraph, Edge, Node, States, combine, edge_forward
 from pcgraph.errors import SpecError
-from pcgraph.ops import Op
+from pcgraph.ops import Op, adopt
 from pcgraph.spec import GraphSpec, NodeSpec
 
 __all__ = ["CompiledGraph", "Edge", "Node", "States", "build_edge", "combine", "compile", "edge_forward",
@@ -30,8 +30,9 @@ def max_bytes_default() -> int:
 
 
 def compile(spec: GraphSpec, max_bytes: int | None = None,  # noqa: A001 - the stage's name
-            dtype: torch.dtype = torch.float32) -> CompiledGraph:
-    """Validate ``spec`` and build its :class:`CompiledGraph` (parameters on the CPU, in ``dtype``).
+            dtype: torch.dtype | None = None) -> CompiledGraph:
+    """Validate ``spec`` and build its :class:`CompiledGraph` (parameters on the CPU, in ``dtype``,
+    default ``torch.get_default_dtype()``, normally float32).
 
     Values the spec writes (a linear ``weight``, precisions, prior means) are read in float64 and
     stored in ``dtype``, so ``dtype=torch.float64`` keeps every digit (``.double()`` on a float32
@@ -41,6 +42,7 @@ def compile(spec: GraphSpec, max_bytes: int | None = None,  # noqa: A001 - the s
     allocated.
     """
     previous = torch.get_default_dtype()
+    dtype = dtype or previous
     torch.set_default_dtype(dtype)  # ops build their parameters in it (as torch's factory functions do)
     try:
         return _compile(spec, max_bytes, dtype)
@@ -128,6 +130,8 @@ def _terms(specs: dict[str, NodeSpec], nodes: dict[str, Node], dtype: torch.dtyp
             path = f"graph.nodes.{v}.{field}"
             try:
                 out[v] = energy.build(tuple(n.shape), dtype)
+            except SpecError as err:  # the energy names its own field
+                raise SpecError([(f"{path}.{p}" if p else path, msg) for p, msg in err.problems]) from None
             except ValueError as err:
                 raise SpecError(str(err), path) from None
             if out[v].stateful and "." in v:
@@ -204,7 +208,7 @@ def build_edge(e, nodes: dict[str, NodeSpec], path: str, budget: _Budget | None 
             count = 0  # build() below says what is wrong
         budget.take(4 * 3 * count, f"{path}.fn[{k}]", f"op {op.kind!r}")
         try:
-            m = op.build(in_shape, target)
+            m = adopt(op.build(in_shape, target))
             with torch.no_grad():
                 x = m(x)
         except SpecError as err:  # the op names its own field
@@ -218,4 +222,5 @@ def build_edge(e, nodes: dict[str, NodeSpec], path: str, budget: _Budget | None 
     if tuple(x.shape[1:]) != target:
         raise SpecError(f"the pipeline outputs shape {list(x.shape[1:])} but target node "
                         f"{e.to!r} has shape {list(target)}", f"{path}.fn")
-    return Edge([f"{s}@prev" for s in e.source] if e.delay else list(e.source), e.to, e.combine, modules)
+    return Edge([f"{s}@prev" for s in e.source] if e.delay else list(e.source), e.to, e.combine, modules,
+                [op.kind for op in e.fn])

@@ -48,10 +48,12 @@ def edge_forward(edge, states: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]
 class Edge(nn.Module):
     """f_e(x_src): ``combine`` the source states, then run the op pipeline."""
 
-    def __init__(self, sources: list[str], target: str, combine: str, pipeline: list[nn.Module]):
+    def __init__(self, sources: list[str], target: str, combine: str, pipeline: list[nn.Module],
+                 kinds: list[str] | None = None):
         super().__init__()
         self.sources, self.target, self.combine = sources, target, combine
         self.pipeline = nn.Sequential(*pipeline)
+        self.kinds = kinds or [type(m).__name__ for m in pipeline]  # the ops' kinds, for messages
 
     def forward(self, states: States) -> Tensor:
         return edge_forward(self, states)[0]
@@ -77,7 +79,8 @@ class CompiledGraph(nn.Module):
     """A PC graph ready to run: parameters, predictions and energies.
 
     ``mu_v = sum_{e into v} f_e(x_src(e))`` and ``E = sum_v sum_batch e_v(x_v, mu_v)`` (eq. 27).
-    States are plain dicts ``{node: (B, *shape) tensor}``; the module holds only parameters.
+    States are plain dicts ``{node: (B, *shape) tensor}``; the module holds the parameters, the
+    edges' modules and the nodes' energy terms (``terms``, ``priors``), never states.
     """
 
     def __init__(self, spec: GraphSpec, nodes: dict[str, Node], order: list[str], edges: list[Edge], acyclic: bool,
@@ -94,6 +97,8 @@ class CompiledGraph(nn.Module):
         self.energies = nn.ModuleDict({v: t for v, t in terms.items() if t.stateful})
         self.prior_energies = nn.ModuleDict({v: t for v, t in priors.items() if t.stateful})
         self.delayed = delayed or {}  # {"x@prev": "x"}: the previous time step's values, clamped
+        self.warned_autograd = False  # the solver's warning that an op lacks a local rule: once per graph
+        self._register_load_state_dict_pre_hook(_renamed_keys)
 
     def require_time(self, batch: States) -> None:
         """Raise SpecError when a delayed edge's previous-step values are missing from ``batch``."""
@@ -212,3 +217,9 @@ class CompiledGraph(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _renamed_keys(state_dict, prefix, *args) -> None:
+    """Checkpoints written before energies were terms keep precisions under ``precisions.<node>``."""
+    for key in [k for k in state_dict if k.startswith(prefix + "precisions.")]:
+        state_dict[prefix + "energies." + key[len(prefix + "precisions."):]] = state_dict.pop(key)

@@ -3,13 +3,14 @@
 A variant does not run anything: it states what the solver does, and the solver reads these
 statements (it never compares variant names):
 
-- ``relaxes``: the variables inference moves (``states``: the node values x_v);
+- ``relaxes``: the variables inference moves (``states``: the node values x_v; the solver refuses
+  a variant that declares something it cannot relax);
 - ``fixed_predictions``: predictions and their Jacobians stay at the feedforward pass during
   inference (inference then starts from that pass, whatever ``init`` says);
 - ``learn_every_step``: parameters take a step after every inference step (else once, after
   relaxation);
 - ``weight_gradient``: where the weight gradient dE/dtheta is taken (``relaxed``: at the states
-  inference ends in, eqs. 38-39);
+  inference ends in, eqs. 38-39; likewise checked);
 - :meth:`Variant.inference` may fix the number of steps and the state step size;
 - :meth:`Variant.check` refuses graphs the rule is not defined on, before any work.
 

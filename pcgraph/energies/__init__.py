@@ -95,6 +95,11 @@ class Term(nn.Module):
             self.center = center
 
     @property
+    def closed_form(self) -> bool:
+        """True when :meth:`local` is a closed form (not autograd on :meth:`value`)."""
+        return type(self.energy).local is not Energy.local
+
+    @property
     def stateful(self) -> bool:
         """True when the term holds tensors (parameters or buffers) the graph must register."""
         return any(True for _ in self.parameters()) or any(True for _ in self.buffers())

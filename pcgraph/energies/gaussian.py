@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
 from pcgraph.energies import Energy, Term, per_sample, register_energy
+from pcgraph.errors import SpecError
 
 MAX_MATRIX = 1024  # a matrix precision is for small nodes (Kalman states, outputs)
 
@@ -104,7 +105,8 @@ class Gaussian(Energy):
         else:
             m = torch.diag(torch.tensor(value, dtype=torch.float64))
         if m.shape != (size, size):
-            raise ValueError(f"expected {size} values per side for a node of size {size}, got {list(m.shape)}")
+            raise SpecError(f"expected {size} values per side for a node of size {size}, got {list(m.shape)}",
+                            "covariance" if invert else "precision")
         return torch.linalg.inv(m) if invert else m
 
     def build(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
@@ -122,6 +124,8 @@ class Gaussian(Energy):
     def scaled(self, factor: float) -> Gaussian | None:
         if self.learn != "none":
             return None
+        if self.scalar is not None:
+            return self.model_copy(update={"precision": self.scalar * factor, "covariance": None})
         if self.covariance is not None:
             return self.model_copy(update={"covariance": _scale(self.covariance, 1 / factor)})
         return self.model_copy(update={"precision": _scale(self.precision, factor)})
@@ -148,6 +152,8 @@ class GaussianTerm(Term):
             self.tril = nn.Parameter(torch.tril(chol, -1) + torch.diag(torch.log(torch.diagonal(chol))))
         elif matrix is not None:
             self.register_buffer("fixed", matrix.clone())
+
+    closed_form = True
 
     def matrix(self) -> Tensor:
         """Pi as an (n, n) matrix (matrix and learnt precisions)."""
@@ -188,11 +194,9 @@ class GaussianTerm(Term):
         return e, eps, -eps
 
     def sample(self, mu: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """mu + noise with covariance Pi^-1 (flattened per sample): the declared Pi, or the learnt one."""
-        n = mu[0].numel()
-        pi = self.energy.matrix(n) if self.learn == "none" else self.matrix().detach()
-        cov = torch.linalg.inv(pi.to(torch.float64)).to(mu.dtype)
-        noise = torch.randn(len(mu), n, generator=generator, dtype=mu.dtype) @ torch.linalg.cholesky(cov).T
+        """mu + noise with the declared covariance Pi^-1 (flattened per sample)."""
+        cov = torch.linalg.inv(self.energy.matrix(mu[0].numel())).to(mu.dtype)
+        noise = torch.randn(len(mu), len(cov), generator=generator, dtype=mu.dtype) @ torch.linalg.cholesky(cov).T
         return mu + noise.reshape(mu.shape)
 
 
@@ -209,7 +213,8 @@ class Prior(Gaussian):
             return self.mean
         size = int(torch.Size(shape).numel())
         if len(self.mean) != size:
-            raise ValueError(f"expected {size} mean values for a node of shape {list(shape)}, got {len(self.mean)}")
+            raise SpecError(f"expected {size} mean values for a node of shape {list(shape)}, got {len(self.mean)}",
+                            "mean")
         return torch.tensor(self.mean, dtype=torch.float64).to(dtype).reshape(1, *shape)
 
     def build(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,

@@ -53,6 +53,16 @@ def accumulate(grads: dict, p: Tensor, g: Tensor) -> None:
 
 
 _aten = torch.ops.aten
+STOCK: dict[type[nn.Module], type[nn.Module]] = {}  # torch module -> its subclass with the local rule
+
+
+def adopt(module: nn.Module) -> nn.Module:
+    """A plain torch module an op built (``nn.Linear``, ``nn.Tanh``, ...) as the built-in op's
+    module with the same state and its local rule; any other module unchanged."""
+    rule = STOCK.get(type(module))
+    if rule is not None:
+        module.__class__ = rule  # a subclass adding only methods: the state is the same
+    return module
 
 
 class Op(Registered):
@@ -86,7 +96,7 @@ parse_op = OPS.parse  # "name" or {"kind": "name", **args} -> an instance (Value
 op_json_schema = OPS.json_schema  # a registered name or its mapping form
 
 
-__all__ = ["OPS", "Op", "OpModule", "Shape", "accumulate", "ValidationError", "op_json_schema", "parse_op", "register_op"]
+__all__ = ["OPS", "Op", "OpModule", "STOCK", "Shape", "accumulate", "adopt", "ValidationError", "op_json_schema", "parse_op", "register_op"]
 
 # Built-in ops register themselves on import.
 from pcgraph.ops import activation, conv, linear, shape, sparse  # noqa: E402,F401

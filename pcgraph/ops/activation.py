@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pcgraph.ops import Op, OpModule, Shape, _aten, register_op
+from pcgraph.ops import STOCK, Op, OpModule, Shape, _aten, register_op
 
 
 class _Rule(OpModule):
@@ -49,6 +49,10 @@ class GELUModule(nn.GELU, _Rule):
 
     def local_vjp(self, x, g, grads, need_input):  # f' = Phi(x) + x phi(x)
         return _aten.gelu_backward(g, x)
+
+
+STOCK.update({nn.Identity: IdentityModule, nn.ReLU: ReLUModule, nn.LeakyReLU: LeakyReLUModule, nn.Tanh: TanhModule,
+              nn.Sigmoid: SigmoidModule, nn.GELU: GELUModule})
 
 
 class _Elementwise(Op):

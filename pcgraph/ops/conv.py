@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import nn
 
-from pcgraph.ops import Op, OpModule, Shape, _aten, accumulate, register_op
+from pcgraph.ops import STOCK, Op, OpModule, Shape, _aten, accumulate, register_op
 from pcgraph.ops.linear import initialise
 
 _Init = Literal["torch", "xavier_uniform", "xavier_normal", "kaiming_uniform", "zeros"]
@@ -73,6 +73,10 @@ class AvgPool2dModule(nn.AvgPool2d, OpModule):
     def local_vjp(self, x, g, grads, need_input):
         return _aten.avg_pool2d_backward(g, x, _pair(self.kernel_size), _pair(self.stride), _pair(self.padding),
                                          self.ceil_mode, self.count_include_pad, self.divisor_override)
+
+
+STOCK.update({nn.Conv2d: Conv2dModule, nn.ConvTranspose2d: ConvTranspose2dModule, nn.MaxPool2d: MaxPool2dModule,
+              nn.AvgPool2d: AvgPool2dModule})
 
 
 def _image(kind: str, in_shape: Shape, in_channels: int | None) -> tuple[int, int, int]:

@@ -8,7 +8,7 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from pcgraph.ops import Op, OpModule, Shape, accumulate, register_op
+from pcgraph.ops import STOCK, Op, OpModule, Shape, accumulate, register_op
 
 _INITS = {
     "xavier_uniform": nn.init.xavier_uniform_,
@@ -30,6 +30,9 @@ class LinearModule(nn.Linear, OpModule):
             if self.bias is not None:
                 accumulate(grads, self.bias, g2.sum(0))
         return g @ self.weight if need_input else None  # (B, out) @ (out, in) -> (B, in)
+
+
+STOCK[nn.Linear] = LinearModule
 
 
 @register_op

@@ -3,7 +3,7 @@
 The batch is the feature dimension of the message passing: states ``x`` of shape (B, N_source)
 are passed as N_source vertices with B features, so one sparse-matrix product
 ``mu^T = A x^T`` (A: N_target x N_source in CSR form, values w) serves the whole batch. The
-closed-form local rule (:meth:`SparseLinear.local_vjp`) use ``dE/dx = (A^T g^T)^T`` and
+closed-form local rule (:meth:`SparseLinear.local_vjp`) uses ``dE/dx = (A^T g^T)^T`` and
 ``dE/dw_ij = sum_b g_bi x_bj`` (a sampled product on A's pattern), so an inference step costs
 O(E B) time and O(N B + E) memory.
 """

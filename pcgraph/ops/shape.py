@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from pcgraph.ops import Op, OpModule, Shape, register_op
+from pcgraph.ops import STOCK, Op, OpModule, Shape, register_op
 
 
 class _Reshape(OpModule):
@@ -22,6 +22,9 @@ class FlattenModule(nn.Flatten, _Reshape):
 
 class UnflattenModule(nn.Unflatten, _Reshape):
     pass
+
+
+STOCK.update({nn.Flatten: FlattenModule, nn.Unflatten: UnflattenModule})
 
 
 @register_op

@@ -24,8 +24,10 @@ def has_local_rule(m: nn.Module) -> bool:
 
 
 def without_local_rule(graph) -> list[str]:
-    """The modules of ``graph`` that have no local rule (empty: the fast path applies)."""
-    return sorted({type(m).__name__ for e in graph.edges for m in e.pipeline if not has_local_rule(m)})
+    """The ops of ``graph`` whose modules have no local rule, as ``graph.edges[i].fn[k] (op 'kind',
+    module Name)`` (empty: the fast path applies)."""
+    return [f"graph.edges[{i}].fn[{k}] (op {e.kinds[k]!r}, module {type(m).__name__})"
+            for i, e in enumerate(graph.edges) for k, m in enumerate(e.pipeline) if not has_local_rule(m)]
 
 
 def refresh(graph) -> None:

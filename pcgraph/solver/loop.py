@@ -137,7 +137,7 @@ def local_grads(run: Run, states: States, terms: list[str], want_params: bool, n
     gp: dict | None = {} if want_params else None
     total = zero_scalar(states)
     # with no state gradients wanted, dE/dmu is pre-scaled so parameter gradients come out as batch means
-    pre = 1 / batch if want_params and not relaxed else 1.0
+    pre = batch if want_params and not relaxed else 1
     with torch.no_grad():
         for v in terms:
             x, tapes = states[v], []
@@ -164,8 +164,8 @@ def local_grads(run: Run, states: States, terms: list[str], want_params: bool, n
                 _energy_params(term, x, mu, gp, pre)
             if v in relaxed:
                 _add(gx, v, d_x)
-            if tapes and pre != 1.0:
-                d_mu = d_mu * pre
+            if tapes and pre != 1:
+                d_mu = d_mu / pre
             for i, tape in tapes:
                 edge = graph.edges[i]
                 need = any(s in relaxed for s in edge.sources)
@@ -178,15 +178,16 @@ def local_grads(run: Run, states: States, terms: list[str], want_params: bool, n
     return total, gx, gp
 
 
-def _energy_params(term, x: Tensor, mu, gp: dict, scale: float) -> None:
-    """The gradient of a term's own parameters (a learnt precision), by autograd on that term."""
+def _energy_params(term, x: Tensor, mu, gp: dict, divide: int) -> None:
+    """The gradient of a term's own parameters (a learnt precision), by autograd on that term,
+    divided by ``divide`` (the batch size when the caller wants batch means straight away)."""
     params = [p for p in term.parameters() if p.requires_grad]
     if not params:
         return
     with torch.enable_grad():
         grads = torch.autograd.grad(term.value(x, mu).sum(), params)
     for p, g in zip(params, grads):
-        _add(gp, p, g * scale if scale != 1.0 else g)
+        _add(gp, p, g / divide if divide != 1 else g)
 
 
 def _add(grads: dict, key, g: Tensor) -> None:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from pcgraph.compile import CompiledGraph, States, edge_forward
-from pcgraph.errors import DivergenceError, PCGraphWarning
+from pcgraph.errors import DivergenceError, PCGraphWarning, SpecError
 from pcgraph.ops import OpModule
 from pcgraph.solver import local
 from pcgraph.solver.batch import check_batch
@@ -76,7 +76,8 @@ class Solver:
             acyclic graph); see :mod:`pcgraph.variants`.
         local_rules: use the closed-form local rules when the graph's ops allow (default), or
             always autograd (``False``).
-        compile: ``torch.compile`` the fixed-step loop (local rules, no ``tol``, standard PC):
+        compile: ``torch.compile`` the fixed-step loop (local rules, no ``tol``, a variant that
+            neither learns every step nor fixes the predictions):
             a one-time compile for the first batch size seen (other sizes run eagerly), then
             less Python and kernel-launch overhead per batch. On CUDA the whole T-step loop is
             captured once as a CUDA graph (``mode="reduce-overhead"``) and replayed; if compiling
@@ -90,9 +91,12 @@ class Solver:
             raise ValueError(f"init must be forward, zeros or prior, got {init!r}")
         self.steps, self.init, self.tol, self.check_every = steps, init, tol, check_every
         self.variant = parse_variant(variant)
+        if self.variant.relaxes != "states" or self.variant.weight_gradient != "relaxed":
+            raise SpecError(f"variant {self.variant.kind!r} relaxes {self.variant.relaxes!r} with weight gradient "
+                            f"{self.variant.weight_gradient!r}; this solver relaxes the states and takes the weight "
+                            "gradient at the relaxed states", "learning.variant")
         self.local_rules, self.compile = local_rules, compile
         self._cache: dict = {}
-        self._warned: set[int] = set()
         self.optimizer = optimizer or state_optimizer(SGD())
 
     @classmethod
@@ -177,13 +181,14 @@ class Solver:
                 states[v] = graph.terms[v].optimum(graph.prediction(states, v))
         return Relaxation(states, energy, steps if plan.relaxed else 0, predicted), gp
 
-    def _local_rules_apply(self, graph: CompiledGraph) -> bool:
+    @staticmethod
+    def _local_rules_apply(graph: CompiledGraph) -> bool:
         """True when every op has a local rule; otherwise warn once per graph, naming the ops."""
         missing = local.without_local_rule(graph)
-        if missing and id(graph) not in self._warned:
-            self._warned.add(id(graph))
-            warnings.warn(f"{', '.join(missing)} has no local rule (pcgraph.ops.OpModule.local_vjp), so this graph "
-                          "runs inference on autograd, which is slower", PCGraphWarning, stacklevel=4)
+        if missing and not graph.warned_autograd:
+            graph.warned_autograd = True
+            warnings.warn(f"no local rule (pcgraph.OpModule.local_vjp) for {', '.join(missing)}: this graph runs "
+                          "inference on autograd, which is slower", PCGraphWarning, stacklevel=4)
         return not missing
 
     def _stepwise(self, run: Run, states, optimizer, steps, weight_optimizer, b, learn):
@@ -258,9 +263,11 @@ class Solver:
 
 
 def _compilable(graph: CompiledGraph, plan: Plan) -> bool:
-    """torch.compile takes dense ops and whole-node clamps (sparse tensors and masks stay eager)."""
-    return not plan.free and not any(isinstance(m, OpModule) and m.connections() is not None
-                                     for e in graph.edges for m in e.pipeline)
+    """torch.compile takes dense ops, whole-node clamps and closed-form energies without parameters
+    (sparse tensors, masks and autograd on an energy term stay eager)."""
+    terms = [*graph.terms.values(), *graph.priors.values()]
+    return not plan.free and all(t.closed_form and not any(True for _ in t.parameters()) for t in terms) \
+        and not any(isinstance(m, OpModule) and m.connections() is not None for e in graph.edges for m in e.pipeline)
 
 
 def _divergence(graph: CompiledGraph, states: States, energy: Tensor, phase: str, opt) -> DivergenceError:

@@ -80,7 +80,7 @@ def message(e: dict) -> str:
 def path(e: dict) -> str:
     loc = ["from" if part == "source" else part for part in e["loc"]]
     # drop pydantic's union-member tags: ('inference', 'optimizer', 'sgd', 'lr') -> inference.optimizer.lr
-    loc = [p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] in ("optimizer", "energy") and p in ("sgd", "adam", "euler", "gaussian", "categorical"))]
+    loc = [p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] == "optimizer" and p in ("sgd", "adam", "euler"))]
     out = format_path(tuple(loc))
     if e["type"] == "op_args":
         out += e["ctx"]["sub"]

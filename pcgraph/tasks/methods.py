@@ -55,7 +55,7 @@ class PCMethod(Method):
     def __init__(self, spec: GraphSpec, graph: CompiledGraph, task: Objective, solver: Solver):
         super().__init__(spec, graph, task, solver)
         if solver.variant.learn_every_step:
-            self.steps = solver.steps
+            self.steps = solver.variant.inference(graph, solver.steps)[0]
         # forward init makes the feedforward predictions of a leaf target for free
         forward_init = spec.inference.init == "forward" or spec.learning.variant.fixed_predictions
         self.extra_pass = self.scored and not (forward_init and not graph.nodes[task.target].outgoing)

@@ -140,7 +140,7 @@ def _named(graph: CompiledGraph, rows: list[ParamCheck]) -> list[ParamCheck]:
 def with_output_precision(graph: CompiledGraph, batch: States, scale: float) -> CompiledGraph:
     """A copy of ``graph`` (same parameters) whose clamped outputs' precision is multiplied by
     ``scale`` (their variance divided by it)."""
-    nodes = dict(graph.spec.graph.nodes)
+    nodes, scaled = dict(graph.spec.graph.nodes), []
     for v in batch:
         if graph.nodes[v].incoming:
             energy = nodes[v].energy.scaled(scale)
@@ -149,12 +149,15 @@ def with_output_precision(graph: CompiledGraph, batch: States, scale: float) -> 
                                 f"precision to scale (gaussian, laplace); {v!r} has a {nodes[v].energy.kind} energy "
                                 "without one (use --mode exact)", f"graph.nodes.{v}.energy")
             nodes[v] = nodes[v].model_copy(update={"energy": energy})
+            scaled.append(f"energies.{v}.")
     spec = graph.spec.model_copy(update={"graph": graph.spec.graph.model_copy(update={"nodes": nodes})})
     ref = next(iter(graph.parameters()), None)
-    copy = compile(spec)
+    copy = compile(spec, dtype=None if ref is None else ref.dtype)  # scaled values not rounded on the way
     if ref is not None:
-        copy = copy.to(ref.dtype).to(ref.device)
-    copy.load_state_dict(graph.state_dict())
+        copy = copy.to(ref.device)
+    # the same parameters, but the scaled precisions (a matrix precision is a buffer) stay scaled
+    state = {k: v for k, v in graph.state_dict().items() if not k.startswith(tuple(scaled))}
+    copy.load_state_dict({**copy.state_dict(), **state})
     return copy
 
 

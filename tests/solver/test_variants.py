@@ -132,12 +132,50 @@ def test_a_graph_without_local_rules_warns_once_naming_the_module_and_matches_au
         graph = pcgraph.compile(g.spec(), dtype=f64)
         batch = {"x": torch.randn(4, 3, dtype=f64), "y": torch.randn(4, 3, dtype=f64)}
         solver = pcgraph.Solver(steps=6)
-        with pytest.warns(pcgraph.PCGraphWarning, match="Plain has no local rule") as record:
+        with pytest.warns(pcgraph.PCGraphWarning, match=r"graph.edges\[0\].fn\[1\] \(op 'test-sine', module Plain\)") as record:
             r, grads = solver.gradients(graph, batch)
-            solver.relax(graph, batch)  # the same graph again: no second warning
+            solver.relax(graph, batch)  # the same graph again, by this solver or another: no second warning
+            pcgraph.Solver(steps=2).relax(graph, batch)
         assert len(record) == 1
         r_ref, grads_ref = pcgraph.Solver(steps=6, local_rules=False).gradients(graph, batch)
         assert torch.allclose(r.energy, r_ref.energy)
         assert all(torch.allclose(grads[k], grads_ref[k]) for k in grads)
     finally:
         OPS.pop("test-sine")
+
+
+def test_an_op_building_a_stock_torch_module_gets_the_built_in_local_rule():
+    """An op that returns plain nn.Linear / nn.Tanh runs on the fast path (no warning), with the
+    same gradients as autograd."""
+    @register_op
+    class TorchLinear(Op):
+        kind = "test-torch-linear"
+
+        def build(self, in_shape, target_shape):
+            return nn.Sequential(nn.Linear(in_shape[-1], target_shape[-1]), nn.Tanh())[0]
+
+    try:
+        g = pcgraph.Graph("s")
+        g.node("x", 3, observed=True)
+        g.node("h", 4)
+        g.node("y", 2, observed=True)
+        g.edge("x", "h", "test-torch-linear", "tanh")
+        g.edge("h", "y", "test-torch-linear")
+        graph = pcgraph.compile(g.spec(), dtype=f64)
+        assert all(isinstance(m, pcgraph.OpModule) for e in graph.edges for m in e.pipeline)
+        batch = {"x": torch.randn(4, 3, dtype=f64), "y": torch.randn(4, 2, dtype=f64)}
+        _, fast = pcgraph.Solver(steps=5).gradients(graph, batch)  # warnings are errors in the tests
+        _, ref = pcgraph.Solver(steps=5, local_rules=False).gradients(graph, batch)
+        assert all(torch.allclose(fast[k], ref[k]) for k in fast)
+    finally:
+        OPS.pop("test-torch-linear")
+
+
+def test_compile_follows_the_default_dtype():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(f64)
+    try:
+        assert next(pcgraph.compile(chain()).parameters()).dtype == f64
+    finally:
+        torch.set_default_dtype(previous)
+    assert next(pcgraph.compile(chain()).parameters()).dtype == torch.float32

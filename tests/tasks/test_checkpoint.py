@@ -118,3 +118,19 @@ def test_skip_diverging_batches_counts_them(tmp_path):
         update={"optimizer": wild.inference.optimizer.model_copy(update={"lr": 1e4}), "steps": 30})})
     result = train(wild, epochs=1, on_divergence="skip", **QUIET)
     assert result.history[0]["skipped_batches"] > 0
+
+
+def test_a_state_dict_from_before_energy_terms_loads():
+    """Models saved when matrix precisions lived under ``precisions.<node>`` still load."""
+    import pcgraph
+
+    g = pcgraph.Graph("c")
+    g.node("x", 2, observed=True)
+    g.node("y", 2, observed=True, energy={"kind": "gaussian", "precision": [[2.0, 0.5], [0.5, 1.0]]})
+    g.edge("x", "y", "linear")
+    graph = pcgraph.compile(g.spec())
+    old = {k.replace("energies.", "precisions."): v for k, v in graph.state_dict().items()}
+    assert "precisions.y.fixed" in old
+    old["precisions.y.fixed"] = old["precisions.y.fixed"] * 3
+    graph.load_state_dict(old)
+    assert torch.equal(graph.terms["y"].matrix(), torch.tensor([[6.0, 1.5], [1.5, 3.0]]))

@@ -131,3 +131,32 @@ def test_graph_without_parameters_and_zero_gradients():
     assert result.ok
     json.loads(result.to_json())  # valid JSON: no NaN
     assert all(r.norm_ratio is None for r in result.rows)
+
+
+@pytest.mark.parametrize("output", [{"kind": "gaussian", "precision": [[2.0, 0.0], [0.0, 2.0]]},
+                                    {"kind": "gaussian", "covariance": [0.5, 0.5]}])
+def test_approx_mode_scales_matrix_precisions_like_the_same_scalar(output):
+    """A matrix (or diagonal covariance) output precision equal to 2 I must give approx mode the
+    same figures as the scalar precision 2: the scaled copy keeps its scaled matrix."""
+    from pcgraph.tasks.verify import with_output_precision
+
+    def spec(energy):
+        g = pcgraph.Graph("a")
+        g.node("x", 3, observed=True)
+        g.node("h", 4)
+        g.node("y", 2, observed=True, energy=energy)
+        g.edge("x", "h", "linear", "tanh")
+        g.edge("h", "y", "linear")
+        return g.spec()
+
+    torch.manual_seed(0)
+    scalar = pcgraph.compile(spec({"kind": "gaussian", "precision": 2.0}), dtype=torch.float64)
+    matrix = pcgraph.compile(spec(output), dtype=torch.float64)
+    matrix.load_state_dict({**matrix.state_dict(), **scalar.state_dict()})
+    batch = {"x": torch.randn(5, 3, dtype=torch.float64), "y": torch.randn(5, 2, dtype=torch.float64)}
+    assert torch.allclose(with_output_precision(matrix, batch, 0.01).terms["y"].matrix(),
+                          0.02 * torch.eye(2, dtype=torch.float64))
+    a = verify_bp(scalar, batch, "approx", scales=(1.0, 0.01), steps=(50,))
+    b = verify_bp(matrix, batch, "approx", scales=(1.0, 0.01), steps=(50,))
+    for ra, rb in zip(a.sweep, b.sweep):
+        assert ra["max_rel_error"] == pytest.approx(rb["max_rel_error"], rel=1e-9)

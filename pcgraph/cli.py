@@ -238,6 +238,7 @@ def cmd_verify_bp(args) -> int:
 
     from pcgraph.tasks.verify import check_verifiable, random_batch, verify_bp
 
+    torch.manual_seed(args.seed)  # the parameters' initialisation: the same figures on every run
     spec, graph = _graph(args)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     graph = graph.to(dtype)
@@ -411,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     vb.add_argument("--data-root", help="folder with the data set's files (default: $PCGRAPH_DATA)")
     vb.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     vb.add_argument("--tol", type=float, help="exact mode: largest relative error allowed")
-    vb.add_argument("--seed", type=int, default=0, help="seed of the random batch")
+    vb.add_argument("--seed", type=int, default=0, help="seed of the parameters and of the random batch")
     vb.add_argument("--plot", help="approx mode: save the error-vs-scale curve as a PNG")
     vb.add_argument("--json", action="store_true", help="last line: the result as JSON")
     vb.set_defaults(fn=cmd_verify_bp)

@@ -160,3 +160,16 @@ def test_approx_mode_scales_matrix_precisions_like_the_same_scalar(output):
     b = verify_bp(matrix, batch, "approx", scales=(1.0, 0.01), steps=(50,))
     for ra, rb in zip(a.sweep, b.sweep):
         assert ra["max_rel_error"] == pytest.approx(rb["max_rel_error"], rel=1e-9)
+
+
+def test_cli_figures_repeat_from_run_to_run(capsys):
+    """The parameters are drawn from --seed, so the same command prints the same figures."""
+    args = ["verify-bp", "specs/mnist_mlp.yaml", "--random-batch", "--mode", "approx", "--batch-size", "4",
+            "--steps", "3", "--precision-scales", "1", "--json"]
+    outs = []
+    for _ in range(2):
+        assert main(args) == 0
+        outs.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert outs[0] == outs[1]
+    assert main([*args, "--seed", "1"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) != outs[0]

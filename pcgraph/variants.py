@@ -3,8 +3,8 @@
 A variant does not run anything: it states what the solver does, and the solver reads these
 statements (it never compares variant names):
 
-- ``relaxes``: the variables inference moves (``states``: the node values x_v; the solver refuses
-  a variant that declares something it cannot relax);
+- ``relaxes``: the variables inference moves (``states``: the node values x_v; ``errors``: the
+  e_v of x_v = f_v(parents) + e_v, as ePC does; the solver refuses anything else);
 - ``fixed_predictions``: predictions and their Jacobians stay at the feedforward pass during
   inference (inference then starts from that pass, whatever ``init`` says);
 - ``learn_every_step``: parameters take a step after every inference step (else once, after
@@ -29,7 +29,7 @@ from pcgraph.registry import Registered, Registry
 class Variant(Registered):
     """Base class of PC variants; subclasses set ``kind`` and the statements they change."""
 
-    relaxes: ClassVar[Literal["states"]] = "states"
+    relaxes: ClassVar[Literal["states", "errors"]] = "states"
     fixed_predictions: ClassVar[bool] = False
     learn_every_step: ClassVar[bool] = False
     weight_gradient: ClassVar[Literal["relaxed"]] = "relaxed"
@@ -87,3 +87,27 @@ class Exact(Variant):
             raise SpecError(f"the exact variant relaxes deviations from the feedforward pass, so the inferred "
                             f"nodes need an energy of x - mu alone (gaussian, laplace); {shifted} have not",
                             "learning.variant")
+
+
+@register_variant
+class ErrorParametrised(Variant):
+    """ePC: inference relaxes the errors e_v of x_v = f_v(parents) + e_v, from e = 0 (the feedforward pass).
+
+    The state gradient flows through the whole graph at every step, so an output error reaches
+    every layer at once; the equilibria are standard PC's (e -> x is a bijection on a DAG) and the
+    weights learn by the local rule at the relaxed states (Goemaere et al. 2025, arXiv 2505.20137).
+    """
+
+    kind = "epc"
+    relaxes = "errors"
+
+    def check(self, graph, relaxed: list[str], local_rules: bool, partly_clamped: bool) -> None:
+        if not graph.acyclic:
+            raise SpecError("ePC writes every state as its prediction plus an error, which needs a feedforward "
+                            "pass, and this graph has a cycle; use variant standard", "learning.variant")
+        if partly_clamped:
+            raise SpecError("ePC clamps whole nodes; this batch clamps part of one", "learning.variant")
+        shifted = [v for v in relaxed if v in graph.terms and not graph.terms[v].energy.translation_invariant]
+        if shifted:
+            raise SpecError(f"ePC offsets each inferred state from its prediction, so those nodes need an energy of "
+                            f"x - mu alone (gaussian, laplace); {shifted} have not", "learning.variant")

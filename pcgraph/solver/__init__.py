@@ -4,6 +4,7 @@
 - :mod:`~pcgraph.solver.batch`: the values a call gives (whole nodes, or some neurons: :class:`Clamp`);
 - :mod:`~pcgraph.solver.plan`: what a clamp set leaves to relax and which work is constant;
 - :mod:`~pcgraph.solver.loop`: the inner loop and its two gradient routes;
+- :mod:`~pcgraph.solver.errors`: the inner loop over errors instead of states (ePC);
 - :mod:`~pcgraph.solver.local`: an edge's local rule, chained from its ops' own ``local_vjp``;
 - :mod:`~pcgraph.solver.optim`: state optimizers.
 """

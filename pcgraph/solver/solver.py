@@ -32,6 +32,7 @@ from pcgraph.errors import DivergenceError, PCGraphWarning, SpecError
 from pcgraph.ops import OpModule
 from pcgraph.solver import local
 from pcgraph.solver.batch import check_batch
+from pcgraph.solver.errors import relax_errors
 from pcgraph.solver.loop import (
     Captured,
     Run,
@@ -72,8 +73,9 @@ class Solver:
             ``check_every`` steps, the only host sync of the loop).
         variant: a :class:`~pcgraph.variants.Variant` or its registered name: ``standard`` (relax,
             then one parameter step), ``incremental`` (iPC: a parameter step after every inference
-            step) or ``exact`` (fixed prediction: the parameter gradient equals backprop's on any
-            acyclic graph); see :mod:`pcgraph.variants`.
+            step), ``exact`` (fixed prediction: the parameter gradient equals backprop's on any
+            acyclic graph) or ``epc`` (inference relaxes the errors of x = f(parents) + e, see
+            :mod:`pcgraph.solver.errors`); see :mod:`pcgraph.variants`.
         local_rules: use the closed-form local rules when the graph's ops allow (default), or
             always autograd (``False``).
         compile: ``torch.compile`` the fixed-step loop (local rules, no ``tol``, a variant that
@@ -91,10 +93,12 @@ class Solver:
             raise ValueError(f"init must be forward, zeros or prior, got {init!r}")
         self.steps, self.init, self.tol, self.check_every = steps, init, tol, check_every
         self.variant = parse_variant(variant)
-        if self.variant.relaxes != "states" or self.variant.weight_gradient != "relaxed":
+        if self.variant.relaxes not in ("states", "errors") or self.variant.weight_gradient != "relaxed":
             raise SpecError(f"variant {self.variant.kind!r} relaxes {self.variant.relaxes!r} with weight gradient "
-                            f"{self.variant.weight_gradient!r}; this solver relaxes the states and takes the weight "
-                            "gradient at the relaxed states", "learning.variant")
+                            f"{self.variant.weight_gradient!r}; this solver relaxes the states or the errors and takes "
+                            "the weight gradient at the relaxed states", "learning.variant")
+        if self.variant.relaxes == "errors" and tol is not None:
+            raise SpecError("relaxing the errors runs a fixed number of steps; remove inference.tol", "inference.tol")
         self.local_rules, self.compile = local_rules, compile
         self._cache: dict = {}
         self.optimizer = optimizer or state_optimizer(SGD())
@@ -151,15 +155,21 @@ class Solver:
         steps, unit_step = variant.inference(graph, self.steps)
         optimizer = StateSGD(unit_step) if unit_step is not None else self.optimizer
         fixed = variant.fixed_predictions
+        from_errors = variant.relaxes == "errors"
         every_step = weight_optimizer is not None and variant.learn_every_step
         with torch.no_grad():
-            states, const, predicted = self._initial_states(graph, batch, plan, None if fixed else init, fixed)
+            states, const, predicted = self._initial_states(graph, batch, plan, None if fixed or from_errors else init,
+                                                            fixed or from_errors)
             energy_fixed = sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), zero_scalar(states))
         params = [p for p in graph.parameters() if p.requires_grad]
         run = Run(graph, plan, const, params, local_grads if use_local else autograd_grads, fixed)
         # learning every step with nothing to infer has no steps to learn in: it learns once, at the end
         learn_now = (weight_optimizer is not None and (not every_step or not plan.relaxed)) or want_grads
-        if fixed:  # the relaxed states hold their deviations from the feedforward values
+        if from_errors:  # ePC: relax the errors of x = f(parents) + e, then learn at x(e)
+            trace, relaxed = relax_errors(run, optimizer, batch, steps)
+            states.update({v: relaxed[v] for v in plan.relaxed})
+            trace, gp = finish(run, states, learn_now, trace)
+        elif fixed:  # the relaxed states hold their deviations from the feedforward values
             start = {v: states[v] for v in plan.relaxed}
             states.update({v: torch.zeros_like(x) for v, x in start.items()})
             trace, gp = fixed_loop(run, optimizer, states, steps, learn_now)

@@ -27,7 +27,7 @@ def test_names_and_mappings_parse_to_objects():
     assert isinstance(parse_variant("standard"), Standard)
     assert isinstance(parse_variant({"kind": "incremental"}), Incremental)
     assert parse_variant(Exact()) == Exact()
-    with pytest.raises(ValueError, match=r"unknown variant 'ipc' \(known: exact, incremental, standard"):
+    with pytest.raises(ValueError, match=r"unknown variant 'ipc' \(known: epc, exact, incremental, standard"):
         parse_variant("ipc")
     assert isinstance(pcgraph.Solver(variant="exact").variant, Exact)
 

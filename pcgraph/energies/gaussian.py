@@ -31,8 +31,6 @@ def _precision_value(v: Any) -> Any:
     def number(x: Any) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool)
 
-    if v is None:
-        return v
     if number(v) and v > 0:
         return float(v)
     if isinstance(v, list) and v and all(number(x) and x > 0 for x in v):
@@ -141,6 +139,8 @@ class GaussianTerm(Term):
     """The Gaussian energy of one node: a Python number for a fixed pi I (the fast formula), a
     buffer for a fixed matrix, parameters for a learnt one. ``center``: a prior's mean."""
 
+    closed_form = True  # local() below, whatever the precision
+
     def __init__(self, energy: Gaussian, scalar: float | None, matrix: Tensor | None,
                  center: Tensor | float | None = None):
         super().__init__(energy, center)
@@ -152,8 +152,6 @@ class GaussianTerm(Term):
             self.tril = nn.Parameter(torch.tril(chol, -1) + torch.diag(torch.log(torch.diagonal(chol))))
         elif matrix is not None:
             self.register_buffer("fixed", matrix.clone())
-
-    closed_form = True
 
     def matrix(self) -> Tensor:
         """Pi as an (n, n) matrix (matrix and learnt precisions)."""

@@ -124,6 +124,7 @@ def test_vector_prior_mean_and_matrix_covariance():
 @pytest.mark.parametrize(("prior", "words"), [
     ({"mean": [1.0, 2.0]}, "expected 3 mean values"),
     ({"covariance": [[1.0, 0.0], [0.0, 1.0]]}, "expected 3 values per side"),
+    ({"precision": None}, "got None"),  # found by the spec fuzzer: None is no precision
 ])
 def test_bad_priors_name_the_field(prior, words):
     g = pcgraph.Graph("p")

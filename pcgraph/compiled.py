@@ -150,12 +150,13 @@ class CompiledGraph(nn.Module):
         their prior mean (or zeros)."""
         return self.feedforward(batch)[0]
 
-    def feedforward(self, batch: States, keep: frozenset[int] = frozenset(),
-                    free: States | None = None) -> tuple[States, dict]:
+    def feedforward(self, batch: States, keep: frozenset[int] = frozenset(), free: States | None = None,
+                    offsets: States | None = None) -> tuple[States, dict]:
         """:meth:`forward`, also returning ``{edge index: (output, tape)}`` for the edges in ``keep``
         (the tape is what :mod:`pcgraph.solver.local` needs to differentiate the edge later). A node in
-        ``free`` is partly given: its neurons where the mask is 1 are computed like any other node's."""
-        free = free or {}
+        ``free`` is partly given: its neurons where the mask is 1 are computed like any other node's.
+        A node in ``offsets`` takes its value plus the offset, x_v = f_v(parents) + e_v (ePC's errors)."""
+        free, offsets = free or {}, offsets or {}
         if not self.acyclic:
             raise SpecError("a feedforward pass needs an acyclic graph, and this one has a cycle", "graph.edges")
         self.require_time(batch)
@@ -166,7 +167,7 @@ class CompiledGraph(nn.Module):
                 continue
             n = self.nodes[v]
             if not n.incoming:
-                states[v] = self._given(v, self.root_value(v, ref), batch, free)
+                states[v] = self._given(v, self._offset(v, self.root_value(v, ref), offsets), batch, free)
                 continue
             mu = None
             for i in n.incoming:
@@ -174,8 +175,12 @@ class CompiledGraph(nn.Module):
                 if i in keep:
                     kept[i] = (y, tape)
                 mu = y if mu is None else mu + y
-            states[v] = self._given(v, self.terms[v].optimum(mu), batch, free)
+            states[v] = self._given(v, self._offset(v, self.terms[v].optimum(mu), offsets), batch, free)
         return states, kept
+
+    @staticmethod
+    def _offset(v: str, value: Tensor, offsets: States) -> Tensor:
+        return value + offsets[v] if v in offsets else value
 
     @staticmethod
     def _given(v: str, value: Tensor, batch: States, free: States) -> Tensor:

@@ -40,6 +40,18 @@ data: {dataset: digits, input: image, target: null, batch_size: 50, normalize: u
 train: {epochs: 3, eval: inference}
 """
 
+def small_net(sizes=(3, 4, 2), fns=(("linear", "tanh"), ("linear",)), hidden="gaussian", output="gaussian"):
+    """The small net many tests use: x (observed) -> h -> y (observed), ``fns`` the two edges' ops,
+    ``hidden`` and ``output`` the energies of h and y. Returns its spec."""
+    g = pcgraph.Graph("small")
+    g.node("x", sizes[0], observed=True)
+    g.node("h", sizes[1], energy=hidden)
+    g.node("y", sizes[2], observed=True, energy=output)
+    g.edge("x", "h", *fns[0])
+    g.edge("h", "y", *fns[1])
+    return g.spec()
+
+
 SMOOTH = ["tanh", "sigmoid", "gelu", "identity"]
 ALL_ACTIVATIONS = SMOOTH + ["relu", "leaky_relu"]
 

@@ -20,21 +20,6 @@ from pcgraph.compile import States
 from pcgraph.solver.loop import Run, zero_scalar
 
 
-def states_from_errors(run: Run, clamped: States, errors: States) -> States:
-    """x(e): the feedforward pass with each inferred node offset by its error (free leaves sit at
-    their optimum, e = 0)."""
-    graph = run.graph
-    ref = next(iter(clamped.values()))
-    states = dict(clamped)
-    for v in graph.order:
-        if v in clamped:
-            continue
-        mu = graph.prediction(states, v)
-        base = graph.root_value(v, ref) if mu is None else graph.terms[v].optimum(mu)
-        states[v] = base + errors[v] if v in errors else base
-    return states
-
-
 def relax_errors(run: Run, optimizer, clamped: States, steps: int) -> tuple[list[Tensor], States]:
     """T steps of ``optimizer`` on the errors of ``run.plan.relaxed``, from e = 0. Returns (the
     energy of the relaxed terms before each step, the states x(e) after the last one)."""
@@ -48,7 +33,7 @@ def relax_errors(run: Run, optimizer, clamped: States, steps: int) -> tuple[list
         with torch.enable_grad():
             for e in es:
                 e.requires_grad_()
-            states = states_from_errors(run, clamped, errors)
+            states = run.graph.feedforward(clamped, offsets=errors)[0]
             total = sum((run.graph.node_energy(states, v).sum() for v in plan.terms), zero_scalar(clamped))
             grads = torch.autograd.grad(total, es, allow_unused=True) if total.requires_grad else [None] * len(es)
         for e in es:
@@ -57,4 +42,4 @@ def relax_errors(run: Run, optimizer, clamped: States, steps: int) -> tuple[list
         with torch.no_grad():
             optimizer.step(es, list(grads), buffers)
     with torch.no_grad():
-        return trace, states_from_errors(run, clamped, errors)
+        return trace, run.graph.feedforward(clamped, offsets=errors)[0]

@@ -13,6 +13,7 @@ from pcgraph.energies.bernoulli import Bernoulli
 from pcgraph.energies.categorical import Categorical
 from pcgraph.energies.gaussian import Gaussian
 from pcgraph.energies.laplace import Laplace
+from tests.strategies import small_net
 
 f64 = torch.float64
 
@@ -119,13 +120,7 @@ def test_prior_energy():
 
 
 def classifier(energy):
-    g = pcgraph.Graph("e")
-    g.node("x", 4, observed=True)
-    g.node("h", 6)
-    g.node("y", 3, observed=True, energy=energy)
-    g.edge("x", "h", "linear", "tanh")
-    g.edge("h", "y", "linear")
-    return g.spec()
+    return small_net((4, 6, 3), output=energy)
 
 
 @pytest.mark.parametrize("kind", sorted(ENERGIES))

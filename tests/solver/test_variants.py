@@ -9,18 +9,13 @@ import pcgraph
 from pcgraph.energies import ENERGIES, Energy, per_sample, register_energy
 from pcgraph.ops import OPS, Op, register_op
 from pcgraph.variants import VARIANTS, Exact, Incremental, Standard, Variant, parse_variant, register_variant
+from tests.strategies import small_net
 
 f64 = torch.float64
 
 
 def chain(energy="gaussian"):
-    g = pcgraph.Graph("v")
-    g.node("x", 3, observed=True)
-    g.node("h", 4, energy=energy)
-    g.node("y", 2, observed=True)
-    g.edge("x", "h", "linear", "tanh")
-    g.edge("h", "y", "linear")
-    return g.spec()
+    return small_net(hidden=energy)
 
 
 def test_names_and_mappings_parse_to_objects():
@@ -123,13 +118,7 @@ def test_a_graph_without_local_rules_warns_once_naming_the_module_and_matches_au
             return Plain()
 
     try:
-        g = pcgraph.Graph("w")
-        g.node("x", 3, observed=True)
-        g.node("h", 3)
-        g.node("y", 3, observed=True)
-        g.edge("x", "h", "linear", "test-sine")
-        g.edge("h", "y", "linear")
-        graph = pcgraph.compile(g.spec(), dtype=f64)
+        graph = pcgraph.compile(small_net((3, 3, 3), (("linear", "test-sine"), ("linear",))), dtype=f64)
         batch = {"x": torch.randn(4, 3, dtype=f64), "y": torch.randn(4, 3, dtype=f64)}
         solver = pcgraph.Solver(steps=6)
         with pytest.warns(pcgraph.PCGraphWarning, match=r"graph.edges\[0\].fn\[1\] \(op 'test-sine', module Plain\)") as record:
@@ -155,13 +144,8 @@ def test_an_op_building_a_stock_torch_module_gets_the_built_in_local_rule():
             return nn.Sequential(nn.Linear(in_shape[-1], target_shape[-1]), nn.Tanh())[0]
 
     try:
-        g = pcgraph.Graph("s")
-        g.node("x", 3, observed=True)
-        g.node("h", 4)
-        g.node("y", 2, observed=True)
-        g.edge("x", "h", "test-torch-linear", "tanh")
-        g.edge("h", "y", "test-torch-linear")
-        graph = pcgraph.compile(g.spec(), dtype=f64)
+        fns = (("test-torch-linear", "tanh"), ("test-torch-linear",))
+        graph = pcgraph.compile(small_net(fns=fns), dtype=f64)
         assert all(isinstance(m, pcgraph.OpModule) for e in graph.edges for m in e.pipeline)
         batch = {"x": torch.randn(4, 3, dtype=f64), "y": torch.randn(4, 2, dtype=f64)}
         _, fast = pcgraph.Solver(steps=5).gradients(graph, batch)  # warnings are errors in the tests

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import pcgraph
 from pcgraph.cli import main
 from pcgraph.tasks.verify import bp_gradients, compare, verify_bp
-from tests.strategies import ALL_ACTIVATIONS, layered_graphs, random_batch
+from tests.strategies import ALL_ACTIVATIONS, layered_graphs, random_batch, small_net
 
 
 @settings(max_examples=60, deadline=None)
@@ -39,13 +39,7 @@ def test_exact_mode_is_backprop_on_random_dags(case, dtype, b):
 
 def test_backprop_reference_is_plain_autograd_on_the_feedforward_net():
     """bp_gradients on a 2-layer net equals the same net written directly in torch."""
-    g = pcgraph.Graph("t")
-    g.node("x", 3, observed=True)
-    g.node("h", 4)
-    g.node("y", 2, observed=True)
-    g.edge("x", "h", "linear", "tanh")
-    g.edge("h", "y", "linear")
-    graph = pcgraph.compile(g.spec()).double()
+    graph = pcgraph.compile(small_net()).double()
     x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
     l1, l2 = graph.edges[0].pipeline[0], graph.edges[1].pipeline[0]
     loss = 0.5 * ((y - (torch.tanh(x @ l1.weight.T + l1.bias) @ l2.weight.T + l2.bias)) ** 2).sum(1).mean()
@@ -140,18 +134,9 @@ def test_approx_mode_scales_matrix_precisions_like_the_same_scalar(output):
     same figures as the scalar precision 2: the scaled copy keeps its scaled matrix."""
     from pcgraph.tasks.verify import with_output_precision
 
-    def spec(energy):
-        g = pcgraph.Graph("a")
-        g.node("x", 3, observed=True)
-        g.node("h", 4)
-        g.node("y", 2, observed=True, energy=energy)
-        g.edge("x", "h", "linear", "tanh")
-        g.edge("h", "y", "linear")
-        return g.spec()
-
     torch.manual_seed(0)
-    scalar = pcgraph.compile(spec({"kind": "gaussian", "precision": 2.0}), dtype=torch.float64)
-    matrix = pcgraph.compile(spec(output), dtype=torch.float64)
+    scalar = pcgraph.compile(small_net(output={"kind": "gaussian", "precision": 2.0}), dtype=torch.float64)
+    matrix = pcgraph.compile(small_net(output=output), dtype=torch.float64)
     matrix.load_state_dict({**matrix.state_dict(), **scalar.state_dict()})
     batch = {"x": torch.randn(5, 3, dtype=torch.float64), "y": torch.randn(5, 2, dtype=torch.float64)}
     assert torch.allclose(with_output_precision(matrix, batch, 0.01).terms["y"].matrix(),

@@ -12,10 +12,12 @@ import os
 
 import networkx as nx
 import torch
+from torch import nn
 
 from pcgraph.compiled import CompiledGraph, Edge, Node, States, combine, edge_forward
 from pcgraph.errors import SpecError
 from pcgraph.ops import Op, adopt
+from pcgraph.ops.activation import ScaleModule
 from pcgraph.spec import GraphSpec, NodeSpec
 
 __all__ = ["CompiledGraph", "Edge", "Node", "States", "build_edge", "combine", "compile", "edge_forward",
@@ -96,6 +98,12 @@ def _compile(spec: GraphSpec, max_bytes: int | None, dtype: torch.dtype) -> Comp
                              f"states are probabilities); {v!r} feeds {sorted(set(g.successors(v)))}"))
     if spec.data is not None:
         problems += _data_problems(spec.data, body.nodes)
+    for k, entry in enumerate(spec.inference.precisions):
+        problems += [(f"inference.precisions[{k}].nodes", f"unknown node {v!r} (known: {known})")
+                     for v in entry.nodes or () if v not in body.nodes]
+    if (spec.inference.init == "amortised") != bool(body.encoders):
+        problems.append(("inference.init", "init: amortised and graph.encoders go together: the encoders propose "
+                         "the latents that amortised init starts from"))
     if problems:
         raise SpecError(problems)
 
@@ -109,7 +117,8 @@ def _compile(spec: GraphSpec, max_bytes: int | None, dtype: torch.dtype) -> Comp
                         "use train.eval: inference", "train.eval")
     order = list(nx.topological_sort(g)) if acyclic else [*delayed, *body.nodes]
 
-    edges = [build_edge(e, all_nodes, f"graph.edges[{i}]", budget) for i, e in enumerate(body.edges)]
+    depth = nx.dag_longest_path_length(g) if acyclic else None
+    edges = [build_edge(e, all_nodes, f"graph.edges[{i}]", budget, depth) for i, e in enumerate(body.edges)]
     nodes = {
         v: Node(v, tuple(n.shape), n,
                 tuple(i for i, e in enumerate(edges) if e.target == v and v in body.nodes),
@@ -117,7 +126,23 @@ def _compile(spec: GraphSpec, max_bytes: int | None, dtype: torch.dtype) -> Comp
         for v, n in all_nodes.items()
     }
     terms, priors = _terms(body.nodes, nodes, dtype)
-    return CompiledGraph(spec, nodes, order, edges, acyclic, terms, priors, delayed)
+    encoders = [_encoder(e, body.nodes, f"graph.encoders[{i}]", budget) for i, e in enumerate(body.encoders)]
+    return CompiledGraph(spec, nodes, order, edges, acyclic, terms, priors, delayed, encoders)
+
+
+def _encoder(e, nodes: dict[str, NodeSpec], path: str, budget: _Budget) -> Edge:
+    """An amortising encoder: from observed nodes to a latent, outside the energy."""
+    for s in e.source:
+        if s not in nodes:
+            raise SpecError(f"unknown node {s!r} (known: {', '.join(nodes)})", f"{path}.from")
+        if nodes[s].role != "observed":
+            raise SpecError(f"an encoder proposes latents from data, and {s!r} is latent; read observed nodes",
+                            f"{path}.from")
+    if e.to not in nodes or nodes[e.to].role != "latent":
+        raise SpecError(f"expected a latent node to propose, got {e.to!r}", f"{path}.to")
+    if e.delay:
+        raise SpecError("an encoder reads the present batch; remove delay", f"{path}.delay")
+    return build_edge(e, nodes, path, budget)
 
 
 def _terms(specs: dict[str, NodeSpec], nodes: dict[str, Node], dtype: torch.dtype):
@@ -181,8 +206,10 @@ class _Budget:
                             f"limit of {self.limit / 2**30:.2f} GiB (set PCGRAPH_MAX_BYTES to raise it)", path)
 
 
-def build_edge(e, nodes: dict[str, NodeSpec], path: str, budget: _Budget | None = None) -> Edge:
-    """An :class:`Edge` module for the edge spec ``e`` between ``nodes``; SpecErrors name ``path``."""
+def build_edge(e, nodes: dict[str, NodeSpec], path: str, budget: _Budget | None = None,
+               depth: int | None = None) -> Edge:
+    """An :class:`Edge` module for the edge spec ``e`` between ``nodes``; SpecErrors name ``path``.
+    ``depth`` (edges on the graph's longest path) is what a ``scale`` of ``1/sqrt(fan_in*depth)`` reads."""
     budget = budget or _Budget(max_bytes_default())
     shapes = [tuple(nodes[s].shape) for s in e.source]
     if len(shapes) > 1:
@@ -222,5 +249,24 @@ def build_edge(e, nodes: dict[str, NodeSpec], path: str, budget: _Budget | None 
     if tuple(x.shape[1:]) != target:
         raise SpecError(f"the pipeline outputs shape {list(x.shape[1:])} but target node "
                         f"{e.to!r} has shape {list(target)}", f"{path}.fn")
-    return Edge([f"{s}@prev" for s in e.source] if e.delay else list(e.source), e.to, e.combine, modules,
-                [op.kind for op in e.fn])
+    kinds = [op.kind for op in e.fn]
+    if e.scale != 1:
+        modules.append(ScaleModule(_scale(e.scale, modules, depth, f"{path}.scale")))
+        kinds.append("scale")
+    return Edge([f"{s}@prev" for s in e.source] if e.delay else list(e.source), e.to, e.combine, modules, kinds)
+
+
+def _scale(scale: float | str, modules: list, depth: int | None, path: str) -> float:
+    """An edge's output scale: a number, or a muPC form of the fan-in of its first weighted op
+    (torch's definition: in_features, or in_channels * k * k) and the graph's depth."""
+    if not isinstance(scale, str):
+        return scale
+    weights = [m.weight for m in modules if isinstance(getattr(m, "weight", None), torch.Tensor)]
+    if not weights or weights[0].dim() < 2:
+        raise SpecError(f"scale {scale!r} reads the fan-in of a weighted op (linear, conv2d), and this edge has "
+                        "none; give a number", path)
+    fan_in = nn.init._calculate_fan_in_and_fan_out(weights[0])[0]
+    if "depth" in scale and depth is None:
+        raise SpecError(f"scale {scale!r} needs the graph's depth, and a cyclic graph has none; give a number", path)
+    return {"1/sqrt(fan_in)": fan_in ** -0.5, "1/sqrt(fan_in*depth)": (fan_in * (depth or 1)) ** -0.5,
+            "1/fan_in": 1 / fan_in}[scale]

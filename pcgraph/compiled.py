@@ -84,7 +84,8 @@ class CompiledGraph(nn.Module):
     """
 
     def __init__(self, spec: GraphSpec, nodes: dict[str, Node], order: list[str], edges: list[Edge], acyclic: bool,
-                 terms: dict[str, Term], priors: dict[str, Term], delayed: dict[str, str] | None = None):
+                 terms: dict[str, Term], priors: dict[str, Term], delayed: dict[str, str] | None = None,
+                 encoders: list[Edge] | None = None):
         super().__init__()
         self.spec = spec
         self.nodes = nodes
@@ -97,6 +98,7 @@ class CompiledGraph(nn.Module):
         self.energies = nn.ModuleDict({v: t for v, t in terms.items() if t.stateful})
         self.prior_energies = nn.ModuleDict({v: t for v, t in priors.items() if t.stateful})
         self.delayed = delayed or {}  # {"x@prev": "x"}: the previous time step's values, clamped
+        self.encoders = nn.ModuleList(encoders or [])  # amortised init: proposals of latents, outside the energy
         self.warned_autograd = False  # the solver's warning that an op lacks a local rule: once per graph
         self._register_load_state_dict_pre_hook(_renamed_keys)
 

@@ -10,7 +10,7 @@ ROOT = Path(pcgraph.__file__).resolve().parent
 
 # lower number = lower layer; a module may import only from its own layer or below
 LAYERS = {
-    "errors": 0, "registry": 1, "ops": 2, "energies": 2, "variants": 2, "topology": 2,
+    "errors": 0, "registry": 1, "ops": 2, "energies": 2, "variants": 2, "updates": 2, "precision": 2, "topology": 2,
     "spec": 3, "builder": 4, "compiled": 5, "compile": 5, "solver": 6, "kalman": 6, "data": 6,
     "tasks": 7, "cli": 8, "__main__": 9,
 }

@@ -51,6 +51,23 @@ class GELUModule(nn.GELU, _Rule):
         return _aten.gelu_backward(g, x)
 
 
+class ScaleModule(nn.Module, _Rule):
+    """y = c x for a fixed number c (an edge's ``scale``, e.g. muPC's 1/sqrt(fan_in)); dE/dx = c g."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, x):
+        return x * self.factor
+
+    def local_vjp(self, x, g, grads, need_input):
+        return g * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:.6g}"
+
+
 STOCK.update({nn.Identity: IdentityModule, nn.ReLU: ReLUModule, nn.LeakyReLU: LeakyReLUModule, nn.Tanh: TanhModule,
               nn.Sigmoid: SigmoidModule, nn.GELU: GELUModule})
 

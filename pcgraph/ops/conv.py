@@ -8,16 +8,12 @@ came and what was expected (see :func:`pcgraph.compile`).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import nn
 
 from pcgraph.ops import STOCK, Op, OpModule, Shape, _aten, accumulate, register_op
-from pcgraph.ops.linear import initialise
-
-_Init = Literal["torch", "xavier_uniform", "xavier_normal", "kaiming_uniform", "zeros"]
+from pcgraph.ops.linear import Init, initialise
 
 
 class _ConvRule(OpModule):
@@ -103,7 +99,8 @@ class _Conv(Op):
     stride: PositiveInt = Field(1, le=4096, description="Stride s.")
     padding: NonNegativeInt = Field(0, le=4096, description="Zero padding p on each side.")
     bias: bool = Field(True, description="Add a learnt bias per output channel.")
-    init: _Init = Field("torch", description="Weight initialisation (biases start at zero unless torch).")
+    init: Init = Field("torch", description="Weight initialisation (normal: N(0, 1); biases start at zero unless "
+                       "torch).")
 
     @property
     def has_params(self) -> bool:

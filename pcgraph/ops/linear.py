@@ -15,7 +15,9 @@ _INITS = {
     "xavier_normal": nn.init.xavier_normal_,
     "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, nonlinearity="relu"),
     "zeros": nn.init.zeros_,
+    "normal": nn.init.normal_,  # N(0, 1), as muPC's parametrisation starts from (the edge's scale does the rest)
 }
+Init = Literal["torch", "xavier_uniform", "xavier_normal", "kaiming_uniform", "zeros", "normal"]
 
 
 class LinearModule(nn.Linear, OpModule):
@@ -44,9 +46,8 @@ class Linear(Op):
         None, description="Output size; default: the last dimension of the target node."
     )
     bias: bool = Field(True, description="Add a learnt bias b.")
-    init: Literal["torch", "xavier_uniform", "xavier_normal", "kaiming_uniform", "zeros"] = (
-        Field("torch", description="Weight initialisation (biases start at zero unless torch).")
-    )
+    init: Init = Field("torch", description="Weight initialisation (normal: N(0, 1); biases start at zero "
+                       "unless torch).")
     weight: list[list[float]] | None = Field(
         None, description="Initial weight matrix W, one row per output (e.g. a known A or C); biases start at 0.")
 

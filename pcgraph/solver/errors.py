@@ -29,12 +29,16 @@ def relax_errors(run: Run, optimizer, clamped: States, steps: int) -> tuple[list
     es = list(errors.values())
     buffers = optimizer.init(es)
     trace = []
-    for _ in range(steps if es else 0):
+    for t in range(steps if es else 0):
+        at = run.at(t)
         with torch.enable_grad():
             for e in es:
                 e.requires_grad_()
             states = run.graph.feedforward(clamped, offsets=errors)[0]
-            total = sum((run.graph.node_energy(states, v).sum() for v in plan.terms), zero_scalar(clamped))
+            if run.observe is not None:
+                run.observe(states)
+            total = sum((at.weighted(v, run.graph.node_energy(states, v)).sum() for v in plan.terms),
+                        zero_scalar(clamped))
             grads = torch.autograd.grad(total, es, allow_unused=True) if total.requires_grad else [None] * len(es)
         for e in es:
             e.requires_grad_(False)

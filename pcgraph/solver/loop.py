@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -26,7 +26,13 @@ from pcgraph.solver.plan import Constants, Plan
 @dataclass(frozen=True)
 class Run:
     """The inputs of one relaxation's loop. ``fixed_predictions``: predictions stay at the
-    feedforward pass and the relaxed states hold their deviation from it (the exact variant)."""
+    feedforward pass and the relaxed states hold their deviation from it (the exact variant).
+    ``precision``: per inference step, {node: pi_v(t)} multipliers of the energy terms
+    (:mod:`pcgraph.precision`); ``weights`` is the current step's (None: unit precision).
+    ``learn_weights``: the weights of the learning pass (None: unit precision).
+    ``forward_states``: the feedforward pass, where the forward update takes the weight gradient's
+    inputs (:mod:`pcgraph.updates`). ``observe``: called with the states before every step and
+    after the last one (the per-node energy trace)."""
 
     graph: CompiledGraph
     plan: Plan
@@ -34,11 +40,25 @@ class Run:
     params: list[Tensor]
     route: Callable
     fixed_predictions: bool = False
+    precision: tuple = ()
+    weights: dict | None = None
+    learn_weights: dict | None = None
+    forward_states: States | None = None
+    observe: Callable | None = None
 
     def grads(self, states: States, terms: list[str], want_params: bool, need_states: bool = True,
               recompute: frozenset[int] | None = None):
         """(E over ``terms``, {relaxed node: dE/dx}, {param: batch-mean dE/dtheta} or None)."""
         return self.route(self, states, terms, want_params, need_states, recompute)
+
+    def at(self, step: int) -> Run:
+        """This run at inference step ``step``: its precision weights set."""
+        return replace(self, weights=self.precision[step]) if self.precision else self
+
+    def weighted(self, v: str, e: Tensor) -> Tensor:
+        """pi_v(t) e for the current step's weights."""
+        w = self.weights.get(v) if self.weights else None
+        return e if w is None else e * w
 
 
 def fixed_loop(run: Run, optimizer, states: States, steps: int, learn: bool):
@@ -50,8 +70,10 @@ def fixed_loop(run: Run, optimizer, states: States, steps: int, learn: bool):
     trace = []
     schedule = plan.schedule(run.graph, steps if xs else 0, frozenset(run.const.cache), run.const.fresh,
                              run.fixed_predictions)
-    for terms, recompute in schedule[:-1]:
-        e, gx, _ = run.grads(states, terms, False, recompute=recompute)
+    for t, (terms, recompute) in enumerate(schedule[:-1]):
+        if run.observe is not None:
+            run.observe(states)
+        e, gx, _ = run.at(t).grads(states, terms, False, recompute=recompute)
         trace.append(e)
         with torch.no_grad():  # a node with no gradient yet has not moved: no update at all
             optimizer.step(xs, plan.step_grads(gx), buffers)
@@ -80,6 +102,11 @@ def finish(run: Run, states: States, learn: bool, trace: list, terms=None, recom
     """Append the energy at the relaxed states to ``trace``; when ``learn``, the same pass gives
     the parameter gradients (over every energy term, the fixed ones included)."""
     plan = run.plan
+    run = replace(run, weights=run.learn_weights)
+    if run.observe is not None:
+        run.observe(states)
+    if learn and run.forward_states is not None:  # every error counts: x* against the feedforward predictions
+        terms, recompute = None, frozenset()
     terms = plan.terms if terms is None else terms
     terms = terms + plan.fixed_terms if learn else terms
     e, _, gp = run.grads(states, terms, learn, need_states=False, recompute=recompute)
@@ -158,7 +185,12 @@ def local_grads(run: Run, states: States, terms: list[str], want_params: bool, n
                     mu = y if mu is None else mu + y
                     tapes.append((i, tape))
                 mu = 0.0 if v in deviations else mu
+            w = run.weights.get(v) if run.weights else None
+            if w == 0:
+                continue
             e, d_x, d_mu = term.local(x, mu)
+            if w is not None:
+                e, d_x, d_mu = e * w, d_x * w, d_mu * w
             total = total + e
             if want_params:
                 _energy_params(term, x, mu, gp, pre)
@@ -200,15 +232,17 @@ def autograd_grads(run: Run, states: States, terms: list[str], want_params: bool
     graph, plan = run.graph, run.plan
     xs = [states[v].requires_grad_() for v in plan.relaxed] if need_states else []
     wrt = xs + (run.params if want_params else [])
+    # the forward update reads the edges' inputs at the feedforward pass
+    sources = run.forward_states if want_params and run.forward_states is not None else states
     with torch.enable_grad():
         total = zero_scalar(states)
         for v in terms:
             mu = None if want_params else run.const.mu.get(v)  # parameters need every edge's graph
             for i in graph.nodes[v].incoming:
                 if want_params or i not in plan.const_edges:
-                    y = graph.edges[i](states)
+                    y = graph.edges[i](sources)
                     mu = y if mu is None else mu + y
-            total = total + graph.node_energy(states, v, mu).sum()
+            total = total + run.weighted(v, graph.node_energy(states, v, mu)).sum()
         grads = torch.autograd.grad(total, wrt, allow_unused=True) if wrt and total.requires_grad else []
         grads = list(grads) or [None] * len(wrt)  # no term depends on them: no gradient
     for x in xs:

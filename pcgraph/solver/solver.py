@@ -27,9 +27,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from pcgraph.compile import CompiledGraph, States, edge_forward
+from pcgraph.compile import CompiledGraph, States
 from pcgraph.errors import DivergenceError, PCGraphWarning, SpecError
 from pcgraph.ops import OpModule
+from pcgraph.precision import precision_table
 from pcgraph.solver import local
 from pcgraph.solver.batch import check_batch
 from pcgraph.solver.errors import relax_errors
@@ -46,7 +47,9 @@ from pcgraph.solver.loop import (
 )
 from pcgraph.solver.optim import StateAdam, StateSGD, state_optimizer
 from pcgraph.solver.plan import Constants, Plan
+from pcgraph.solver.start import encoder_gradients, initial_states
 from pcgraph.spec import SGD, GraphSpec
+from pcgraph.updates import WeightUpdate, parse_update
 from pcgraph.variants import Variant, parse_variant
 
 
@@ -54,12 +57,17 @@ from pcgraph.variants import Variant, parse_variant
 class Relaxation:
     """What inference returns: relaxed ``states`` (every node, detached), the total ``energy``
     before each step and after the last one (shape (steps + 1,)), the number of ``steps`` run,
-    and (forward init only) the feedforward prediction of each clamped leaf in ``predicted``."""
+    (forward init only) the feedforward prediction of each clamped leaf in ``predicted``, and,
+    when the solver traces nodes, ``node_energy``: {node: (steps + 1,) energy summed over the batch}
+    (at unit precision: where errors are, whatever a precision schedule weighs them by). With a
+    precision schedule ``energy`` is the scheduled energy inference descends, except its last
+    entry: the energy at unit precision, which learning differentiates."""
 
     states: States
     energy: Tensor
     steps: int
     predicted: States
+    node_energy: States | None = None
 
 
 class Solver:
@@ -68,7 +76,8 @@ class Solver:
     Args:
         steps: maximum number of inference steps T.
         optimizer: state optimizer (:class:`~pcgraph.solver.optim.StateSGD` or ``StateAdam``).
-        init: ``forward`` (feedforward pass), ``zeros`` or ``prior`` (prior mean, else zeros).
+        init: ``forward`` (feedforward pass), ``zeros``, ``prior`` (prior mean, else zeros) or
+            ``amortised`` (the graph's encoders propose the latents; see :mod:`pcgraph.solver.start`).
         tol: stop when every sample's state-gradient norm is below ``tol`` (checked every
             ``check_every`` steps, the only host sync of the loop).
         variant: a :class:`~pcgraph.variants.Variant` or its registered name: ``standard`` (relax,
@@ -76,6 +85,12 @@ class Solver:
             step), ``exact`` (fixed prediction: the parameter gradient equals backprop's on any
             acyclic graph) or ``epc`` (inference relaxes the errors of x = f(parents) + e, see
             :mod:`pcgraph.solver.errors`); see :mod:`pcgraph.variants`.
+        update: where the weight gradient is taken, a :class:`~pcgraph.updates.WeightUpdate` or its
+            name: ``relaxed`` (default), ``forward`` or ``nudged``; see :mod:`pcgraph.updates`.
+        precisions: precision schedules over the inference steps (``PrecisionSpec`` entries of
+            ``inference.precisions``); see :mod:`pcgraph.precision`.
+        trace_nodes: record every node's energy before each step and after the last one
+            (:attr:`Relaxation.node_energy`; the loop then runs eagerly).
         local_rules: use the closed-form local rules when the graph's ops allow (default), or
             always autograd (``False``).
         compile: ``torch.compile`` the fixed-step loop (local rules, no ``tol``, a variant that
@@ -88,17 +103,29 @@ class Solver:
 
     def __init__(self, steps: int = 20, optimizer: StateSGD | StateAdam | None = None, init: str = "forward",
                  tol: float | None = None, check_every: int = 4, variant: str | dict | Variant = "standard",
-                 local_rules: bool = True, compile: bool = False):
-        if init not in ("forward", "zeros", "prior"):
-            raise ValueError(f"init must be forward, zeros or prior, got {init!r}")
+                 update: str | dict | WeightUpdate = "relaxed", precisions: list | tuple = (),
+                 trace_nodes: bool = False, local_rules: bool = True, compile: bool = False):
+        if init not in ("forward", "zeros", "prior", "amortised"):
+            raise ValueError(f"init must be forward, zeros, prior or amortised, got {init!r}")
         self.steps, self.init, self.tol, self.check_every = steps, init, tol, check_every
-        self.variant = parse_variant(variant)
-        if self.variant.relaxes not in ("states", "errors") or self.variant.weight_gradient != "relaxed":
-            raise SpecError(f"variant {self.variant.kind!r} relaxes {self.variant.relaxes!r} with weight gradient "
-                            f"{self.variant.weight_gradient!r}; this solver relaxes the states or the errors and takes "
-                            "the weight gradient at the relaxed states", "learning.variant")
-        if self.variant.relaxes == "errors" and tol is not None:
+        self.variant, self.update = parse_variant(variant), parse_update(update)
+        self.precisions, self.trace_nodes = list(precisions), trace_nodes
+        v = self.variant
+        if v.relaxes not in ("states", "errors"):
+            raise SpecError(f"variant {v.kind!r} relaxes {v.relaxes!r}; this solver relaxes the states or the "
+                            "errors", "learning.variant")
+        if v.relaxes == "errors" and tol is not None:
             raise SpecError("relaxing the errors runs a fixed number of steps; remove inference.tol", "inference.tol")
+        starts_forward = init == "forward" or v.fixed_predictions or v.relaxes == "errors"
+        if (self.update.at_forward or self.update.nudges) and not starts_forward:
+            raise SpecError(f"the {self.update.kind} update reads the feedforward pass: use inference.init: forward",
+                            "learning.update")
+        if self.update.at_forward and v.learn_every_step:
+            raise SpecError("the forward update takes the weight gradient once, after relaxation; variant "
+                            f"{v.kind!r} learns at every step", "learning.update")
+        if init == "amortised" and (v.fixed_predictions or v.relaxes == "errors"):
+            raise SpecError(f"variant {v.kind!r} starts from the feedforward pass, so it cannot use amortised init",
+                            "inference.init")
         self.local_rules, self.compile = local_rules, compile
         self._cache: dict = {}
         self.optimizer = optimizer or state_optimizer(SGD())
@@ -107,27 +134,30 @@ class Solver:
     def from_spec(cls, spec: GraphSpec, **overrides) -> Solver:
         inf = spec.inference
         kwargs = dict(steps=inf.steps, optimizer=state_optimizer(inf.optimizer), init=inf.init, tol=inf.tol,
-                      check_every=inf.check_every, variant=spec.learning.variant, compile=inf.compile)
+                      check_every=inf.check_every, variant=spec.learning.variant, update=spec.learning.update,
+                      precisions=inf.precisions, compile=inf.compile)
         return cls(**{**kwargs, **overrides})
 
     # --- the public calls --------------------------------------------------------------------
 
     def relax(self, graph: CompiledGraph, batch: States, init: States | None = None,
-              weight_optimizer: torch.optim.Optimizer | None = None) -> Relaxation:
+              weight_optimizer: torch.optim.Optimizer | None = None, epoch: int = 0) -> Relaxation:
         """Infer every node not in ``batch`` (and the free neurons of :class:`Clamp` entries);
         ``init`` optionally gives starting states (warm start). With ``weight_optimizer`` the
-        parameters learn too: after relaxation, or after every step (``variant.learn_every_step``)."""
-        return self._run(graph, batch, init, weight_optimizer, False)[0]
+        parameters learn too: after relaxation, or after every step (``variant.learn_every_step``).
+        ``epoch`` is read by updates that change over epochs (centered nudging's sign)."""
+        return self._run(graph, batch, init, weight_optimizer, False, epoch)[0]
 
-    def gradients(self, graph: CompiledGraph, batch: States) -> tuple[Relaxation, dict[str, Tensor]]:
-        """Relax, then return the batch-mean parameter gradient dE/dtheta at the relaxed states
-        (what a learning step would use), by parameter name, without changing any parameter."""
-        relaxation, grads = self._run(graph, batch, None, None, True)
+    def gradients(self, graph: CompiledGraph, batch: States, epoch: int = 0) -> tuple[Relaxation, dict[str, Tensor]]:
+        """Relax, then return the batch-mean parameter gradient a learning step would use (dE/dtheta
+        at the relaxed states, or where ``update`` says), by parameter name, changing no parameter."""
+        relaxation, grads = self._run(graph, batch, None, None, True, epoch)
         return relaxation, {name: grads.get(p, torch.zeros_like(p)) for name, p in graph.named_parameters()}
 
-    def step(self, graph: CompiledGraph, batch: States, optimizer: torch.optim.Optimizer) -> Relaxation:
+    def step(self, graph: CompiledGraph, batch: States, optimizer: torch.optim.Optimizer,
+             epoch: int = 0) -> Relaxation:
         """One PC update on ``batch`` (relax and learn, per ``variant``); returns the relaxation."""
-        return self.relax(graph, batch, weight_optimizer=optimizer)
+        return self.relax(graph, batch, weight_optimizer=optimizer, epoch=epoch)
 
     def learn(self, graph: CompiledGraph, relaxation: Relaxation, optimizer: torch.optim.Optimizer) -> Tensor:
         """One parameter step on dE/dtheta at given relaxed states (eqs. 38-39), batch-averaged,
@@ -145,11 +175,11 @@ class Solver:
 
     # --- the run -----------------------------------------------------------------------------
 
-    def _run(self, graph, batch, init, weight_optimizer, want_grads):
+    def _run(self, graph, batch, init, weight_optimizer, want_grads, epoch=0):
         b, batch, free = check_batch(graph, batch)
         plan = Plan(graph, set(batch) - set(free), free)
         local.refresh(graph)
-        variant = self.variant
+        variant, update = self.variant, self.update
         use_local = self.local_rules and self._local_rules_apply(graph)
         variant.check(graph, plan.relaxed, use_local, bool(free))
         steps, unit_step = variant.inference(graph, self.steps)
@@ -158,11 +188,22 @@ class Solver:
         from_errors = variant.relaxes == "errors"
         every_step = weight_optimizer is not None and variant.learn_every_step
         with torch.no_grad():
-            states, const, predicted = self._initial_states(graph, batch, plan, None if fixed or from_errors else init,
-                                                            fixed or from_errors)
+            states, const, predicted, batch = initial_states(
+                graph, batch, plan, self.init, None if fixed or from_errors else init, fixed or from_errors, update,
+                epoch)
             energy_fixed = sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), zero_scalar(states))
         params = [p for p in graph.parameters() if p.requires_grad]
-        run = Run(graph, plan, const, params, local_grads if use_local else autograd_grads, fixed)
+        node_trace: list[States] = []
+        table, learn_weights = precision_table(self.precisions, graph, plan, steps), None
+        nudge = update.output_weight(epoch)
+        if nudge != 1:  # the outputs' energies weighted by s beta, in inference and learning alike
+            learn_weights = dict.fromkeys(predicted, nudge)
+            table = tuple({**w, **{v: w.get(v, 1.0) * nudge for v in predicted}} for w in table or [{}] * steps)
+        run = Run(graph, plan, const, params, local_grads if use_local else autograd_grads, fixed, table,
+                  learn_weights=learn_weights, forward_states=dict(states) if update.at_forward else None,
+                  observe=self._observer(graph, node_trace, states if fixed else None))
+        if update.at_forward:
+            run.forward_states.update({v: states[v].clone() for v in plan.relaxed})
         # learning every step with nothing to infer has no steps to learn in: it learns once, at the end
         learn_now = (weight_optimizer is not None and (not every_step or not plan.relaxed)) or want_grads
         if from_errors:  # ePC: relax the errors of x = f(parents) + e, then learn at x(e)
@@ -178,18 +219,42 @@ class Solver:
             trace, gp, steps = self._stepwise(run, states, optimizer, steps, weight_optimizer if every_step else None,
                                               b, learn_now)
         else:  # fixed T and no host sync: one function, compiled when asked for
-            loop = self._compiled(graph, plan, b) if (self.compile and use_local and _compilable(graph, plan)) \
-                else fixed_loop
+            compiled = self.compile and use_local and not self.trace_nodes and _compilable(graph, plan)
+            loop = self._compiled(graph, plan, b) if compiled else fixed_loop
             trace, gp = loop(run, optimizer, states, steps, learn_now)
         energy = torch.stack(trace) + energy_fixed
         if not bool(torch.isfinite(energy).all()):
             raise _divergence(graph, states, energy, "inference", optimizer)
+        if learn_now:
+            gp = self._learning_gradient(graph, batch, plan, states, gp, epoch)
         if learn_now and weight_optimizer is not None:
             param_step(weight_optimizer, gp)
         with torch.no_grad():
             for v in plan.leaves:
                 states[v] = graph.terms[v].optimum(graph.prediction(states, v))
-        return Relaxation(states, energy, steps if plan.relaxed else 0, predicted), gp
+        nodes = {v: torch.stack([t[v] for t in node_trace]) for v in node_trace[0]} if node_trace else None
+        return Relaxation(states, energy, steps if plan.relaxed else 0, predicted, nodes), gp
+
+    def _learning_gradient(self, graph, batch, plan, states, gp: dict, epoch: int) -> dict:
+        """The update's factor on dE/dtheta (nudging's 1 / beta), plus the encoders' gradients."""
+        factor = self.update.factor(epoch)
+        if factor != 1:
+            gp = {p: g * factor for p, g in gp.items()}
+        if len(graph.encoders):
+            gp = {**gp, **encoder_gradients(graph, batch, plan, states)}
+        return gp
+
+    def _observer(self, graph: CompiledGraph, trace: list, start: States | None):
+        """With ``trace_nodes``: a callback appending {node: summed energy} at given states (``start``:
+        they hold deviations from it, as under fixed predictions)."""
+        if not self.trace_nodes:
+            return None
+
+        def observe(states: States) -> None:
+            with torch.no_grad():
+                at = states if start is None else {**states, **{v: start[v] + states[v] for v in start}}
+                trace.append({v: e.sum() for v, e in graph.node_energies(at).items()})
+        return observe
 
     @staticmethod
     def _local_rules_apply(graph: CompiledGraph) -> bool:
@@ -207,8 +272,10 @@ class Solver:
         xs = [states[v] for v in plan.relaxed]
         buffers = optimizer.init(xs)
         trace, done = [], 0
-        for _ in range(steps if xs else 0):
-            e, gx, gp = run.grads(states, plan.terms, weight_optimizer is not None)
+        for t in range(steps if xs else 0):
+            if run.observe is not None:
+                run.observe(states)
+            e, gx, gp = run.at(t).grads(states, plan.terms, weight_optimizer is not None)
             trace.append(e)
             if weight_optimizer is not None:  # parameters change every step: recompute constant edges next time
                 if not bool(torch.isfinite(e)):  # never step the parameters on a diverged energy
@@ -238,34 +305,6 @@ class Solver:
             self._cache[key] = (b, Captured(device))
         size, fn = self._cache[key]
         return fn if size == b and not fn.failed else fixed_loop
-
-    def _initial_states(self, graph: CompiledGraph, batch: States, plan: Plan, init: States | None, forward: bool):
-        predicted: States = {}
-        if (self.init == "forward" or forward) and init is None:
-            # clamped leaves are left out of the pass so it predicts them too (one edge each)
-            out = {v for v in batch if graph.nodes[v].incoming and not graph.nodes[v].outgoing and v not in plan.free}
-            out = out if len(out) < len(batch) else set()
-            every = frozenset(range(len(graph.edges)))
-            given = {v: x for v, x in batch.items() if v not in out}
-            states, kept = graph.feedforward(given, every, plan.free)
-            batch = {v: x for v, x in batch.items() if v not in plan.free}  # now set by the pass
-            predicted = {v: states[v] for v in out}
-            states.update(batch)
-            for i in every - kept.keys():  # edges into clamped nodes
-                kept[i] = edge_forward(graph.edges[i], states)
-            const = Constants.collect(graph, plan, kept, fresh=True)
-        else:
-            states = dict(batch)
-            ref = next(iter(batch.values()))
-            missing = [v for v in plan.relaxed if init is not None and v not in init]
-            if missing:
-                raise KeyError(f"init gives no starting state for {missing}; give every inferred node")
-            for v in plan.relaxed:
-                start = init[v] if init is not None else graph.root_value(v, ref, self.init == "prior")
-                states[v] = start if v not in plan.free else torch.where(plan.free[v] > 0, start, batch[v])
-            const = Constants.at(graph, plan, states)
-        states = {v: x.detach().clone() if v in plan.relaxed else x for v, x in states.items()}
-        return states, const, predicted
 
     def _converged(self, gx: States, plan: Plan, b: int) -> bool:
         sq = sum(g.reshape(b, -1).square().sum(1) for g in plan.step_grads(gx) if g is not None)

@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError
 from pcgraph.energies import energy_json_schema
 from pcgraph.errors import SpecError
 from pcgraph.ops import op_json_schema
+from pcgraph.precision import schedule_json_schema
 from pcgraph.spec import problems
 from pcgraph.spec.graph import EdgeSpec, GraphBody, NodeSpec, _Strict  # noqa: F401 - re-exported
 from pcgraph.spec.run import (  # noqa: F401 - re-exported
@@ -35,6 +36,7 @@ from pcgraph.spec.run import (  # noqa: F401 - re-exported
     WeightOptimizerSpec,
     weight_optimizer_class,
 )
+from pcgraph.updates import update_json_schema
 from pcgraph.variants import variant_json_schema
 
 
@@ -102,6 +104,8 @@ def json_schema() -> dict:
     defs["EdgeSpec"]["properties"]["fn"]["items"] = op_json_schema()
     defs["NodeSpec"]["properties"]["energy"].update(energy_json_schema())
     defs["LearningSpec"]["properties"]["variant"].update(variant_json_schema())
+    defs["LearningSpec"]["properties"]["update"].update(update_json_schema())
+    defs["PrecisionSpec"]["properties"]["schedule"].update(schedule_json_schema())
     # the short forms the loader accepts: `shape: 784`, `from: image`, `energy: categorical`, `sgd`
     shorts = [("NodeSpec", "shape", {"type": "integer", "minimum": 1}),
               ("EdgeSpec", "from", {"type": "string"}),

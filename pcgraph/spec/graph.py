@@ -10,6 +10,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    FiniteFloat,
     PositiveInt,
     ValidationError,
     WithJsonSchema,
@@ -22,7 +23,9 @@ from pydantic_core import PydanticCustomError
 from pcgraph.energies import parse_energy
 from pcgraph.energies.gaussian import Gaussian, Prior
 from pcgraph.ops import Op, parse_op
+from pcgraph.precision import parse_schedule
 from pcgraph.spec import problems
+from pcgraph.updates import parse_update
 from pcgraph.variants import parse_variant
 
 
@@ -67,6 +70,8 @@ def _registered(parse):
 
 EnergyField = Annotated[Any, _registered(parse_energy), WithJsonSchema({})]  # filled in by json_schema()
 VariantField = Annotated[Any, _registered(parse_variant), WithJsonSchema({})]
+UpdateField = Annotated[Any, _registered(parse_update), WithJsonSchema({})]
+ScheduleField = Annotated[Any, _registered(parse_schedule), WithJsonSchema({})]
 
 
 class NodeSpec(_Strict):
@@ -102,6 +107,9 @@ OpList = Annotated[
 ]
 
 
+ScaleForm = Literal["1/sqrt(fan_in)", "1/sqrt(fan_in*depth)", "1/fan_in"]
+
+
 class EdgeSpec(_Strict):
     """mu_to += fn(combine(x_from...)): one parametrised prediction into ``to``."""
 
@@ -116,6 +124,16 @@ class EdgeSpec(_Strict):
     )
     delay: Literal[0, 1] = Field(
         0, description="1: read the sources' relaxed values from the previous time step (a recurrent edge).")
+    scale: FiniteFloat | ScaleForm = Field(
+        1.0, description="Multiply the edge's output by a number or by a form of its first weighted op's "
+        "fan-in and the graph's depth (muPC): 1/sqrt(fan_in), 1/sqrt(fan_in*depth), 1/fan_in.")
+
+    @field_validator("scale")
+    @classmethod
+    def _nonzero(cls, v: float | str) -> float | str:
+        if v == 0:
+            raise ValueError("a scale of 0 cuts the edge; remove the edge instead")
+        return v
 
     @field_validator("source", mode="before")
     @classmethod
@@ -130,5 +148,9 @@ class EdgeSpec(_Strict):
 class GraphBody(_Strict):
     nodes: dict[str, NodeSpec] = Field(description="Value nodes by name.")
     edges: list[EdgeSpec] = Field(default_factory=list, description="Prediction edges.")
+    encoders: list[EdgeSpec] = Field(
+        default_factory=list, description="Amortised inference (inference.init: amortised): edges from "
+        "observed nodes that propose a latent's initial state; outside the energy, they learn to propose the "
+        "relaxed states.")
 
 

@@ -9,12 +9,15 @@ import torch
 from pydantic import (
     BeforeValidator,
     Field,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     field_validator,
+    model_validator,
 )
 
-from pcgraph.spec.graph import EdgeSpec, VariantField, _Strict, _Tagged, _tagged
+from pcgraph.spec.graph import EdgeSpec, ScheduleField, UpdateField, VariantField, _Strict, _Tagged, _tagged
+from pcgraph.updates import Relaxed
 from pcgraph.variants import Standard
 
 # --- inference -------------------------------------------------------------------------------
@@ -50,12 +53,39 @@ StateOptimizerSpec = Annotated[
 ]
 
 
+class PrecisionSpec(_Strict):
+    """A precision schedule for some nodes: pi_v(t) multiplies node v's energy at inference step t."""
+
+    nodes: list[str] | None = Field(None, min_length=1, description="The nodes it applies to, by name.")
+    distance: NonNegativeInt | tuple[NonNegativeInt, NonNegativeInt] | None = Field(
+        None, description="Or: the nodes at this distance (or in this [lo, hi] range) from the clamped output.")
+    schedule: ScheduleField = Field(description="A registered schedule: constant, spike or decay, as a name or "
+                                    "{kind: ..., args}.")
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> PrecisionSpec:
+        if self.nodes is not None and self.distance is not None:
+            raise ValueError("select nodes by name or by distance, not both")
+        if isinstance(self.distance, tuple) and self.distance[1] < self.distance[0]:
+            raise ValueError(f"expected distance [lo, hi] with lo <= hi, got {list(self.distance)}")
+        return self
+
+    def selects(self, node: str, distance: int | None) -> bool:
+        if self.nodes is not None:
+            return node in self.nodes
+        if self.distance is None:
+            return True
+        lo, hi = self.distance if isinstance(self.distance, tuple) else (self.distance, self.distance)
+        return distance is not None and lo <= distance <= hi
+
+
 class InferenceSpec(_Strict):
     """State relaxation (eqs. 34-35)."""
 
     steps: PositiveInt = Field(20, description="Maximum number of inference steps T.")
-    init: Literal["forward", "zeros", "prior"] = Field(
-        "forward", description="State initialisation: feedforward pass, zeros, or prior mean."
+    init: Literal["forward", "zeros", "prior", "amortised"] = Field(
+        "forward", description="State initialisation: feedforward pass, zeros, prior mean, or amortised "
+        "(graph.encoders propose the latents, the feedforward pass fills in the rest)."
     )
     optimizer: StateOptimizerSpec = Field(default_factory=SGD, description="State optimizer.")
     tol: PositiveFloat | None = Field(
@@ -65,6 +95,9 @@ class InferenceSpec(_Strict):
     compile: bool = Field(
         False, description="torch.compile the fixed-step loop: a one-time compile, then faster steps."
     )
+    precisions: list[PrecisionSpec] = Field(
+        default_factory=list, description="Precision schedules over the inference steps, per node (the last "
+        "entry selecting a node wins); learning uses unit precision.")
 
 
 # --- learning ----------------------------------------------------------------------------------
@@ -101,7 +134,12 @@ class LearningSpec(_Strict):
         default_factory=Standard,
         description="A registered PC variant, as a name or {kind: ..., options}: standard (relax T steps "
         "then one parameter step), incremental (iPC: a parameter step after every inference step), exact "
-        "(fixed predictions: exactly the backprop gradient on an acyclic graph).",
+        "(fixed predictions: exactly the backprop gradient on an acyclic graph), epc (relax the errors).",
+    )
+    update: UpdateField = Field(
+        default_factory=Relaxed,
+        description="Where the weight gradient is taken: relaxed (at the relaxed states), forward (relaxed "
+        "targets, feedforward inputs) or {kind: nudged, beta, sign} (output clamped to u + beta (y - u)).",
     )
 
 

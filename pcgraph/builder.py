@@ -40,16 +40,19 @@ class Graph:
         return name
 
     def edge(self, source: str | list[str], target: str, *ops: str | dict | Op, combine: str = "concat",
-             delay: int = 0) -> None:
-        """Add the prediction ``target += ops(combine(source))``; ops are names, dicts or Op objects
-        (``{"kind": "sparse", "generator": "watts_strogatz_graph", "args": {"k": 4, "p": 0.1}}``);
-        ``delay=1`` reads the sources at the previous time step."""
+             delay: int = 0, scale: float | str = 1.0) -> None:
+        """Add the prediction ``target += scale * ops(combine(source))``; ops are names, dicts or Op
+        objects (``{"kind": "sparse", "generator": "watts_strogatz_graph", "args": {"k": 4, "p": 0.1}}``);
+        ``delay=1`` reads the sources at the previous time step; ``scale`` is a number or a muPC
+        form (``"1/sqrt(fan_in)"``, ``"1/sqrt(fan_in*depth)"``, ``"1/fan_in"``)."""
         edge: dict[str, Any] = {"from": source, "to": target,
                                 "fn": [op.model_dump() if isinstance(op, Op) else op for op in ops] or ["identity"]}
         if combine != "concat":
             edge["combine"] = combine
         if delay:
             edge["delay"] = delay
+        if scale != 1:
+            edge["scale"] = scale
         self._edges.append(edge)
 
     def inference(self, **settings: Any) -> Graph:

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 
 from pcgraph.errors import DivergenceError, Interrupted, PCGraphError, SpecError, UsageError, WorkerError
 
@@ -105,6 +106,8 @@ def cmd_train(args) -> int:
     spec = load_spec(args.spec) if args.spec else None
     if spec is not None and args.compile:
         spec = spec.model_copy(update={"inference": spec.inference.model_copy(update={"compile": True})})
+    if spec is not None and args.node_energies:
+        spec = spec.model_copy(update={"inference": spec.inference.model_copy(update={"trace_nodes": True})})
     if spec is not None and args.seed is not None:
         spec = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": args.seed})})
     log = _log_stderr if args.json else print  # module-level: it travels to --nproc workers
@@ -113,6 +116,12 @@ def cmd_train(args) -> int:
                    nproc=args.nproc)
     if os.environ.get("RANK", "0") != "0":  # under torchrun every rank returns here; rank 0 reports
         return 0
+    trace = next((row["node_energy"] for row in reversed(result.history) if "node_energy" in row), None)
+    if args.out and trace:
+        from pcgraph.tasks import plots
+
+        plots.node_energy(trace, str(Path(args.out) / "node_energy.png"), f"{result.name}: energy per node, "
+                          f"epoch {len(result.history)}")
     if args.json:
         print(result.to_json())
     else:
@@ -178,7 +187,7 @@ def cmd_bench(args) -> int:
     if args.plot:
         bench.plot(rows, args.plot)
     if args.images:
-        from pathlib import Path
+
 
         Path(args.images).mkdir(parents=True, exist_ok=True)
         for spec in specs:
@@ -366,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "one GPU each); data.batch_size stays the global batch, each process relaxes its "
                         "shard and gradients are all-reduced once per update; rank 0 logs and writes. "
                         "For several machines launch with torchrun instead (see README)")
+    t.add_argument("--node-energies", action="store_true",
+                   help="record every node's energy at every inference step (inference.trace_nodes): in each "
+                        "epoch's history (--json, metrics.jsonl) and, with --out, as node_energy.png")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="epoch lines to stderr, final figures as JSON on stdout")
     t.set_defaults(fn=cmd_train)

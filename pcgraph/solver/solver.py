@@ -135,7 +135,7 @@ class Solver:
         inf = spec.inference
         kwargs = dict(steps=inf.steps, optimizer=state_optimizer(inf.optimizer), init=inf.init, tol=inf.tol,
                       check_every=inf.check_every, variant=spec.learning.variant, update=spec.learning.update,
-                      precisions=inf.precisions, compile=inf.compile)
+                      precisions=inf.precisions, trace_nodes=inf.trace_nodes, compile=inf.compile)
         return cls(**{**kwargs, **overrides})
 
     # --- the public calls --------------------------------------------------------------------
@@ -201,7 +201,7 @@ class Solver:
             table = tuple({**w, **{v: w.get(v, 1.0) * nudge for v in predicted}} for w in table or [{}] * steps)
         run = Run(graph, plan, const, params, local_grads if use_local else autograd_grads, fixed, table,
                   learn_weights=learn_weights, forward_states=dict(states) if update.at_forward else None,
-                  observe=self._observer(graph, node_trace, states if fixed else None))
+                  observe=self._observer(graph, node_trace, {v: states[v] for v in plan.relaxed} if fixed else None))
         if update.at_forward:
             run.forward_states.update({v: states[v].clone() for v in plan.relaxed})
         # learning every step with nothing to infer has no steps to learn in: it learns once, at the end

@@ -3,6 +3,7 @@ pipeline), and the parsing of registered kinds (ops, energies, variants) with YA
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -10,7 +11,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    FiniteFloat,
     PositiveInt,
     ValidationError,
     WithJsonSchema,
@@ -107,7 +107,19 @@ OpList = Annotated[
 ]
 
 
-ScaleForm = Literal["1/sqrt(fan_in)", "1/sqrt(fan_in*depth)", "1/fan_in"]
+SCALE_FORMS = ("1/sqrt(fan_in)", "1/sqrt(fan_in*depth)", "1/fan_in")
+
+
+def _scale(v: Any) -> float | str:
+    """An edge's scale: a finite nonzero number, or one of the muPC forms."""
+    if isinstance(v, str) and v.replace(" ", "") in SCALE_FORMS:
+        return v.replace(" ", "")
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v != 0:
+        return float(v)
+    if v == 0:
+        raise ValueError("a scale of 0 cuts the edge; remove the edge instead")
+    raise ValueError(f"expected a finite number or one of {', '.join(SCALE_FORMS)}, got {v!r}")
+
 
 
 class EdgeSpec(_Strict):
@@ -124,16 +136,10 @@ class EdgeSpec(_Strict):
     )
     delay: Literal[0, 1] = Field(
         0, description="1: read the sources' relaxed values from the previous time step (a recurrent edge).")
-    scale: FiniteFloat | ScaleForm = Field(
+    scale: Annotated[float | str, BeforeValidator(_scale), WithJsonSchema(
+        {"anyOf": [{"type": "number"}, {"enum": list(SCALE_FORMS)}]})] = Field(
         1.0, description="Multiply the edge's output by a number or by a form of its first weighted op's "
         "fan-in and the graph's depth (muPC): 1/sqrt(fan_in), 1/sqrt(fan_in*depth), 1/fan_in.")
-
-    @field_validator("scale")
-    @classmethod
-    def _nonzero(cls, v: float | str) -> float | str:
-        if v == 0:
-            raise ValueError("a scale of 0 cuts the edge; remove the edge instead")
-        return v
 
     @field_validator("source", mode="before")
     @classmethod

@@ -95,6 +95,9 @@ class InferenceSpec(_Strict):
     compile: bool = Field(
         False, description="torch.compile the fixed-step loop: a one-time compile, then faster steps."
     )
+    trace_nodes: bool = Field(
+        False, description="Record every node's energy at every inference step (training: each epoch's "
+        "history row gets node_energy, per sample and step, averaged over the epoch; the loop runs eagerly).")
     precisions: list[PrecisionSpec] = Field(
         default_factory=list, description="Precision schedules over the inference steps, per node (the last "
         "entry selecting a node wins); learning uses unit precision.")

@@ -21,6 +21,17 @@ class Method:
 
     name = ""
     steps = 1  # parameter updates per batch (how often a distributed stepper all-reduces)
+    epoch = 0  # the epoch being trained (set by run_epoch; centered nudging reads it)
+
+    node_sums: dict
+    node_count = 0
+
+    def node_energy(self) -> dict | None:
+        """{node: [energy per sample at each inference step]} over the epoch so far (then reset),
+        when the solver traces nodes; else None."""
+        sums, count = getattr(self, "node_sums", None), self.node_count
+        self.node_sums, self.node_count = {}, 0
+        return {v: (e / count).tolist() for v, e in sums.items()} if sums and count else None
 
     def __init__(self, spec: GraphSpec, graph: CompiledGraph, task: Objective, solver: Solver):
         self.graph, self.task, self.solver = graph, task, solver
@@ -57,12 +68,17 @@ class PCMethod(Method):
         if solver.variant.learn_every_step:
             self.steps = solver.variant.inference(graph, solver.steps)[0]
         # forward init makes the feedforward predictions of a leaf target for free
-        forward_init = spec.inference.init == "forward" or spec.learning.variant.fixed_predictions
+        variant = spec.learning.variant
+        forward_init = spec.inference.init == "forward" or variant.fixed_predictions or variant.relaxes == "errors"
         self.extra_pass = self.scored and not (forward_init and not graph.nodes[task.target].outgoing)
 
     def step(self, batch: dict, stepper, n: int) -> tuple[Tensor | None, Tensor | None]:
         predicted = self._feedforward(batch) if self.extra_pass else None
-        r = self.solver.step(self.graph, batch, stepper)
+        r = self.solver.step(self.graph, batch, stepper, epoch=self.epoch)
+        if r.node_energy is not None:  # sums over the epoch's samples, per node and step
+            for v, e in r.node_energy.items():
+                self.node_sums[v] = _add_traces(self.node_sums[v], e) if v in self.node_sums else e
+            self.node_count += len(next(iter(batch.values())))
         predicted = r.predicted.get(self.target, predicted) if self.scored else None
         return (r.energy[-1] if n > 0 else None), predicted
 
@@ -100,3 +116,10 @@ def make_method(name: str, spec: GraphSpec, graph: CompiledGraph, task: Objectiv
     if name == "bp":
         return BPMethod(spec, graph, task, solver, device)
     return PCMethod(spec, graph, task, solver)
+
+
+def _add_traces(a: Tensor, b: Tensor) -> Tensor:
+    """a + b for per-step traces; a shorter one (a tolerance stop) holds its last value."""
+    n = max(len(a), len(b))
+    a, b = (torch.cat([t, t[-1:].expand(n - len(t))]) for t in (a, b))
+    return a + b

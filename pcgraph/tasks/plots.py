@@ -1,4 +1,5 @@
-"""Figures the CLI writes (matplotlib, headless): the verify-bp sweep and filter tracks."""
+"""Figures the CLI writes (matplotlib, headless): the verify-bp sweep, filter tracks and the
+per-node energy over inference steps."""
 
 from __future__ import annotations
 
@@ -21,6 +22,27 @@ def bp_sweep(result, path: str) -> None:
     ax.set_xlabel("output precision scale s")
     ax.set_ylabel("max relative error of PC / s vs BP")
     ax.legend()
+    save(fig, path)
+
+
+def node_energy(trace: dict[str, list[float]], path: str, title: str = "") -> None:
+    """A heat map of log10 energy per sample, node (rows, in graph order) against inference step:
+    where the errors are at each step, and where they stop propagating."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(trace)
+    grid = [[math.log10(max(e, 1e-12)) for e in trace[v]] for v in names]
+    fig, ax = plt.subplots(figsize=(6, 1.5 + 0.25 * len(names)))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("inference step (last column: after the last step)")
+    ax.set_title(title or "log10 energy per sample of each node")
+    fig.colorbar(im, ax=ax, label="log10 energy")
     save(fig, path)
 
 

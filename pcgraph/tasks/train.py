@@ -268,6 +268,8 @@ def run_epoch(run: RunSetup, epoch: int, stop: StopOnSignal) -> None:
     if run.position == 0:
         run.perm = torch.randperm(len(run.data[0]), generator=run.gen).to(run.dev)
         run.partial = {"energy": 0.0, "correct": 0, "seen": 0, "skipped": 0}
+    run.method.epoch = epoch
+    run.method.node_energy()  # a fresh trace for this epoch
     energy, correct, seen, skipped = _train_batches(run, epoch, stop)
     run.position = 0
     _check_parameters(run.method.graph, epoch)
@@ -282,6 +284,8 @@ def run_epoch(run: RunSetup, epoch: int, stop: StopOnSignal) -> None:
     if run.method.scored:
         row["train_accuracy"] = float(correct) / max(seen, 1)
     row |= {f"test_{run.task.metric}": test, "seconds": seconds, "skipped_batches": skipped}
+    if (nodes := run.method.node_energy()) is not None:
+        row["node_energy"] = nodes
     run.history.append(row)
     shown = f"train acc {100 * row['train_accuracy']:6.2f}%  " if run.method.scored else ""
     shown += f"test acc {100 * test:6.2f}%" if run.task.classify else f"test mse {test:.4e}"

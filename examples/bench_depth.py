@@ -40,14 +40,16 @@ METHODS = {  # name: (learning.variant, learning.update, inference steps as a fu
     "forward": ("epc", "forward", lambda h: 1),
     "exact": ("exact", "relaxed", lambda h: h + 1),
 }
-STATE_LR = {"standard": 0.5, "epc": 0.5, "exact": 1.0}
+# state step sizes: ePC's one step moves every layer at once, and the output moves by about the
+# sum over the L layers of their effect, so its step shrinks as 1 / L (4 / L: no overshoot at any depth)
+STATE_LR = {"standard": lambda h: 0.5, "epc": lambda h: 4 / (h + 1), "exact": lambda h: 1.0}
 
 
 def deep_mlp(dataset: str, depth: int, width: int = 128, residual: bool = True, method: str = "epc",
              epochs: int = 5, lr: float | None = None) -> dict:
     """The spec (as a dict) of a residual (muPC) or plain MLP with ``depth`` hidden layers."""
     variant, update, steps = METHODS[method]
-    nodes = {"image": {"shape": [784], "role": "observed"},
+    nodes = {"image": {"shape": [64 if dataset == "digits" else 784], "role": "observed"},
              **{f"h{i}": {"shape": [width]} for i in range(1, depth + 1)},
              "label": {"shape": [10], "role": "observed"}}
     if residual:
@@ -70,7 +72,7 @@ def deep_mlp(dataset: str, depth: int, width: int = 128, residual: bool = True, 
         "description": f"{kind} MLP, {depth} hidden layers of {width}, {method}; examples/bench_depth.py",
         "graph": {"nodes": nodes, "edges": edges},
         "inference": {"steps": steps(depth), "init": "forward",
-                      "optimizer": {"kind": "sgd", "lr": STATE_LR[variant], "momentum": 0.0}},
+                      "optimizer": {"kind": "sgd", "lr": round(STATE_LR[variant](depth), 4), "momentum": 0.0}},
         "learning": {"optimizer": {"kind": "adam", "lr": lr}, "schedule": "cosine", "variant": variant,
                      "update": update},
         "data": {"dataset": dataset, "input": "image", "target": "label", "batch_size": 128},

@@ -9,13 +9,13 @@ statements (it never compares variant names):
   inference (inference then starts from that pass, whatever ``init`` says);
 - ``learn_every_step``: parameters take a step after every inference step (else once, after
   relaxation);
-- ``weight_gradient``: where the weight gradient dE/dtheta is taken (``relaxed``: at the states
-  inference ends in, eqs. 38-39; likewise checked);
 - :meth:`Variant.inference` may fix the number of steps and the state step size;
 - :meth:`Variant.check` refuses graphs the rule is not defined on, before any work.
 
 In a spec ``learning.variant`` is a name (``incremental``) or ``{kind: ..., options}``; it is turned
 into an object once. A new variant is one class in one file, decorated with :func:`register_variant`.
+Where the weight gradient is taken is a separate setting, ``learning.update`` (:mod:`pcgraph.updates`),
+so any variant combines with any update rule it is defined for.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ class Variant(Registered):
     relaxes: ClassVar[Literal["states", "errors"]] = "states"
     fixed_predictions: ClassVar[bool] = False
     learn_every_step: ClassVar[bool] = False
-    weight_gradient: ClassVar[Literal["relaxed"]] = "relaxed"
 
     def inference(self, graph, steps: int) -> tuple[int, float | None]:
         """(inference steps T, a fixed state step size replacing the state optimizer, or None)."""

@@ -76,3 +76,28 @@ def test_extending_registers_an_op_an_energy_and_a_variant_usable_from_yaml():
         assert r["after"] < 0.5 * r["before"]
     finally:
         OPS.pop("scale", None), ENERGIES.pop("cauchy", None), VARIANTS.pop("depth_scaled", None)
+
+
+def test_bench_depth_runs_every_method_and_writes_table_and_plot(tmp_path):
+    bench = load("bench_depth")
+    md, png = tmp_path / "depth.md", tmp_path / "depth.png"
+    assert bench.main(["--datasets", "digits", "--depths", "2", "--plain-depths", "2", "--methods", *bench.METHODS,
+                       "--plain-methods", "bp", "epc", "--epochs", "1", "--markdown", str(md), "--plot", str(png)]) == 0
+    lines = md.read_text().splitlines()
+    assert len(lines) == 2 + len(bench.METHODS) + 2 and "| digits | residual | 2 | epc | 1 |" in md.read_text()
+    assert png.stat().st_size > 1000
+
+
+def test_shipped_deep_specs_are_what_the_generator_writes(tmp_path):
+    bench = load("bench_depth")
+    bench.write_specs(tmp_path)
+    shipped = sorted((EXAMPLES.parent / "specs" / "deep").glob("*.yaml"))
+    assert [p.name for p in shipped] == sorted(p.name for p in tmp_path.glob("*.yaml")) and len(shipped) == 8
+    import pcgraph
+
+    for path in shipped:
+        assert path.read_text() == (tmp_path / path.name).read_text()
+        spec = pcgraph.load_spec(path)
+        graph = pcgraph.compile(spec)
+        depth = len([v for v in spec.graph.nodes if v.startswith("h")])
+        assert graph.depth == depth + 1 and spec.learning.variant.kind == "epc"

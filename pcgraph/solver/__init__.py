@@ -3,10 +3,12 @@
 - :mod:`~pcgraph.solver.solver`: :class:`Solver`, the one public entry point (relax, step, gradients);
 - :mod:`~pcgraph.solver.batch`: the values a call gives (whole nodes, or some neurons: :class:`Clamp`);
 - :mod:`~pcgraph.solver.plan`: what a clamp set leaves to relax and which work is constant;
+- :mod:`~pcgraph.solver.start`: the initial states (forward, amortised, zeros, prior) and nudged targets;
 - :mod:`~pcgraph.solver.loop`: the inner loop and its two gradient routes;
 - :mod:`~pcgraph.solver.errors`: the inner loop over errors instead of states (ePC);
 - :mod:`~pcgraph.solver.local`: an edge's local rule, chained from its ops' own ``local_vjp``;
-- :mod:`~pcgraph.solver.optim`: state optimizers.
+- :mod:`~pcgraph.solver.optim`: state optimizers;
+- :mod:`~pcgraph.solver.checks`: whether the loop compiles, and divergence reports.
 """
 
 from pcgraph.solver.batch import Clamp

@@ -28,11 +28,11 @@ import torch
 from torch import Tensor
 
 from pcgraph.compile import CompiledGraph, States
-from pcgraph.errors import DivergenceError, PCGraphWarning, SpecError
-from pcgraph.ops import OpModule
+from pcgraph.errors import PCGraphWarning, SpecError
 from pcgraph.precision import precision_table
 from pcgraph.solver import local
 from pcgraph.solver.batch import check_batch
+from pcgraph.solver.checks import compilable, divergence
 from pcgraph.solver.errors import relax_errors
 from pcgraph.solver.loop import (
     Captured,
@@ -168,7 +168,7 @@ class Solver:
         with torch.enable_grad():
             loss = graph.energy(states) / b
         if not bool(torch.isfinite(loss)):
-            raise _divergence(graph, states, loss.detach().reshape(1), "learning", self.optimizer)
+            raise divergence(graph, states, loss.detach().reshape(1), "learning", self.optimizer)
         loss.backward()
         optimizer.step()
         return loss.detach()
@@ -219,12 +219,12 @@ class Solver:
             trace, gp, steps = self._stepwise(run, states, optimizer, steps, weight_optimizer if every_step else None,
                                               b, learn_now)
         else:  # fixed T and no host sync: one function, compiled when asked for
-            compiled = self.compile and use_local and not self.trace_nodes and _compilable(graph, plan)
+            compiled = self.compile and use_local and not self.trace_nodes and compilable(graph, plan)
             loop = self._compiled(graph, plan, b) if compiled else fixed_loop
             trace, gp = loop(run, optimizer, states, steps, learn_now)
         energy = torch.stack(trace) + energy_fixed
         if not bool(torch.isfinite(energy).all()):
-            raise _divergence(graph, states, energy, "inference", optimizer)
+            raise divergence(graph, states, energy, "inference", optimizer)
         if learn_now:
             gp = self._learning_gradient(graph, batch, plan, states, gp, epoch)
         if learn_now and weight_optimizer is not None:
@@ -279,7 +279,7 @@ class Solver:
             trace.append(e)
             if weight_optimizer is not None:  # parameters change every step: recompute constant edges next time
                 if not bool(torch.isfinite(e)):  # never step the parameters on a diverged energy
-                    raise _divergence(graph, states, torch.stack(trace), "inference", optimizer)
+                    raise divergence(graph, states, torch.stack(trace), "inference", optimizer)
                 if plan.fixed_terms:  # terms with no relaxed state still teach their edges
                     _, _, more = run.grads(states, plan.fixed_terms, True, need_states=False)
                     gp = {p: gp.get(p, 0) + more.get(p, 0) for p in {**gp, **more}}
@@ -309,28 +309,3 @@ class Solver:
     def _converged(self, gx: States, plan: Plan, b: int) -> bool:
         sq = sum(g.reshape(b, -1).square().sum(1) for g in plan.step_grads(gx) if g is not None)
         return bool(torch.as_tensor(sq).max() <= self.tol**2)
-
-
-def _compilable(graph: CompiledGraph, plan: Plan) -> bool:
-    """torch.compile takes dense ops, whole-node clamps and closed-form energies without parameters
-    (sparse tensors, masks and autograd on an energy term stay eager)."""
-    terms = [*graph.terms.values(), *graph.priors.values()]
-    return not plan.free and all(t.closed_form and not any(True for _ in t.parameters()) for t in terms) \
-        and not any(isinstance(m, OpModule) and m.connections() is not None for e in graph.edges for m in e.pipeline)
-
-
-def _divergence(graph: CompiledGraph, states: States, energy: Tensor, phase: str, opt) -> DivergenceError:
-    bad_step = int(torch.nonzero(~torch.isfinite(energy))[0, 0])
-    bad = []
-    with torch.no_grad():
-        for v in (v for v in graph.order if v in states):
-            if not bool(torch.isfinite(states[v]).all()):
-                bad.append(f"{v} (state)")
-            elif graph.nodes[v].has_energy and not bool(torch.isfinite(graph.node_energy(states, v)).all()):
-                bad.append(f"{v} (error)")
-    where = f"at inference step {bad_step}" if phase == "inference" else "in the learning step"
-    return DivergenceError(
-        f"energy became {energy[bad_step].item()} {where}; non-finite: {', '.join(bad) or 'none found'}. "
-        f"Lower inference.optimizer.lr (now {getattr(opt, 'lr', '?')}) or the learning rate, "
-        "or check the data for NaN/inf."
-    )

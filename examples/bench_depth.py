@@ -42,7 +42,9 @@ METHODS = {  # name: (learning.variant, learning.update, inference steps as a fu
 }
 # state step sizes: ePC's one step moves every layer at once, and the output moves by about the
 # sum over the L layers of their effect, so its step shrinks as 1 / L (4 / L: no overshoot at any depth)
+# (a plain MLP's Jacobians are not bounded by muPC's scales: its step is 4000 times smaller)
 STATE_LR = {"standard": lambda h: 0.5, "epc": lambda h: 4 / (h + 1), "exact": lambda h: 1.0}
+PLAIN_EPC_LR = lambda h: 1e-3 / (h + 1)  # noqa: E731
 
 
 def deep_mlp(dataset: str, depth: int, width: int = 128, residual: bool = True, method: str = "epc",
@@ -67,12 +69,13 @@ def deep_mlp(dataset: str, depth: int, width: int = 128, residual: bool = True, 
         edges.append({"from": f"h{depth}", "to": "label", "fn": [w]})
         lr = lr or 1e-3
     kind = "residual (muPC)" if residual else "plain"
+    state_lr = PLAIN_EPC_LR if variant == "epc" and not residual else STATE_LR[variant]
     return {
         "name": f"{dataset}-{'res' if residual else 'plain'}mlp{depth}-{method}",
         "description": f"{kind} MLP, {depth} hidden layers of {width}, {method}; examples/bench_depth.py",
         "graph": {"nodes": nodes, "edges": edges},
         "inference": {"steps": steps(depth), "init": "forward",
-                      "optimizer": {"kind": "sgd", "lr": round(STATE_LR[variant](depth), 4), "momentum": 0.0}},
+                      "optimizer": {"kind": "sgd", "lr": round(state_lr(depth), 4), "momentum": 0.0}},
         "learning": {"optimizer": {"kind": "adam", "lr": lr}, "schedule": "cosine", "variant": variant,
                      "update": update},
         "data": {"dataset": dataset, "input": "image", "target": "label", "batch_size": 128},
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-root", default="../shared/data")
     p.add_argument("--datasets", nargs="+", default=["mnist"])
-    p.add_argument("--depths", nargs="+", type=int, default=[16, 32, 64])
+    p.add_argument("--depths", nargs="*", type=int, default=[16, 32, 64], help="residual MLPs (muPC)")
     p.add_argument("--plain-depths", nargs="*", type=int, default=[16, 32], help="plain MLPs (no skips)")
     p.add_argument("--methods", nargs="+", default=["bp", "pc", "epc", "nudged", "exact"], choices=list(METHODS))
     p.add_argument("--plain-methods", nargs="*", default=["bp", "epc"], choices=list(METHODS))
@@ -124,8 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     print(header + "\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
     for dataset, residual, depth, method in runs:
         spec = pcgraph.spec_from_dict(deep_mlp(dataset, depth, args.width, residual, method, args.epochs))
-        result = train(spec, data_root=args.data_root, progress=False, log=lambda _: None,
-                       method="bp" if method == "bp" else "pc")
+        try:
+            result = train(spec, data_root=args.data_root, progress=False, log=lambda _: None,
+                           method="bp" if method == "bp" else "pc")
+        except pcgraph.DivergenceError as err:  # a row that says so; the other rows still run
+            rows.append({"dataset": dataset, "net": "residual" if residual else "plain", "depth": depth,
+                         "method": method, "steps": spec.inference.steps, "diverged": str(err)})
+            print(_line(rows[-1]), flush=True)
+            continue
         seconds = statistics.median(result.epoch_seconds[1:] or result.epoch_seconds)
         key = (dataset, residual, depth)
         if method == "bp":
@@ -145,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _line(r: dict) -> str:
+    if "diverged" in r:
+        return f"| {r['dataset']} | {r['net']} | {r['depth']} | {r['method']} | {r['steps']} | diverged | | | |"
     ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
     return (f"| {r['dataset']} | {r['net']} | {r['depth']} | {r['method']} | {r['steps'] or '-'} | "
             f"{100 * r['best']:.2f}% | {100 * r['final']:.2f}% | {r['seconds']:.1f} | {ratio} |")
@@ -161,7 +172,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     for ax, (dataset, net) in zip(axes[0], groups):
         for method in dict.fromkeys(r["method"] for r in rows):
             pts = sorted((r["depth"], 100 * r["best"]) for r in rows
-                         if (r["dataset"], r["net"], r["method"]) == (dataset, net, method))
+                         if (r["dataset"], r["net"], r["method"]) == (dataset, net, method) and "best" in r)
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=method)
         ax.set(title=f"{dataset}, {net} MLP", xlabel="hidden layers", ylabel="best test accuracy (%)", xscale="log")

@@ -20,9 +20,9 @@ from pcgraph.compile import States
 from pcgraph.solver.loop import Run, zero_scalar
 
 
-def relax_errors(run: Run, optimizer, clamped: States, steps: int) -> tuple[list[Tensor], States]:
+def relax_errors(run: Run, optimizer, clamped: States, steps: int) -> tuple[list[Tensor], States, States]:
     """T steps of ``optimizer`` on the errors of ``run.plan.relaxed``, from e = 0. Returns (the
-    energy of the relaxed terms before each step, the states x(e) after the last one)."""
+    energy of the relaxed terms before each step, the states x(e) after the last one, the errors e)."""
     plan = run.plan
     ref = next(iter(clamped.values()))
     errors = {v: ref.new_zeros(ref.shape[0], *run.graph.nodes[v].shape) for v in plan.relaxed}
@@ -46,4 +46,4 @@ def relax_errors(run: Run, optimizer, clamped: States, steps: int) -> tuple[list
         with torch.no_grad():
             optimizer.step(es, list(grads), buffers)
     with torch.no_grad():
-        return trace, run.graph.feedforward(clamped, offsets=errors)[0]
+        return trace, run.graph.feedforward(clamped, offsets=errors)[0], errors

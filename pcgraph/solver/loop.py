@@ -32,7 +32,9 @@ class Run:
     ``learn_weights``: the weights of the learning pass (None: unit precision).
     ``forward_states``: the feedforward pass, where the forward update takes the weight gradient's
     inputs (:mod:`pcgraph.updates`). ``observe``: called with the states before every step and
-    after the last one (the per-node energy trace)."""
+    after the last one (the per-node energy trace). ``errors``: ePC's relaxed errors, which the
+    closed-form rules read as x_v - mu_v exactly (a difference of two large numbers would lose
+    the float32 digits of a small error)."""
 
     graph: CompiledGraph
     plan: Plan
@@ -45,6 +47,7 @@ class Run:
     learn_weights: dict | None = None
     forward_states: States | None = None
     observe: Callable | None = None
+    errors: States | None = None
 
     def grads(self, states: States, terms: list[str], want_params: bool, need_states: bool = True,
               recompute: frozenset[int] | None = None):
@@ -185,6 +188,8 @@ def local_grads(run: Run, states: States, terms: list[str], want_params: bool, n
                     mu = y if mu is None else mu + y
                     tapes.append((i, tape))
                 mu = 0.0 if v in deviations else mu
+                if run.errors is not None and v in run.errors:  # x_v - mu_v is e_v by construction
+                    x, mu = run.errors[v], 0.0
             w = run.weights.get(v) if run.weights else None
             if w == 0:
                 continue

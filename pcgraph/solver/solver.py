@@ -207,9 +207,10 @@ class Solver:
         # learning every step with nothing to infer has no steps to learn in: it learns once, at the end
         learn_now = (weight_optimizer is not None and (not every_step or not plan.relaxed)) or want_grads
         if from_errors:  # ePC: relax the errors of x = f(parents) + e, then learn at x(e)
-            trace, relaxed = relax_errors(run, optimizer, batch, steps)
+            trace, relaxed, errors = relax_errors(run, optimizer, batch, steps)
             states.update({v: relaxed[v] for v in plan.relaxed})
-            trace, gp = finish(run, states, learn_now, trace)
+            exact = {v: e for v, e in errors.items() if v in graph.terms} if not update.at_forward else None
+            trace, gp = finish(replace(run, errors=exact), states, learn_now, trace)
         elif fixed:  # the relaxed states hold their deviations from the feedforward values
             start = {v: states[v] for v in plan.relaxed}
             states.update({v: torch.zeros_like(x) for v, x in start.items()})

@@ -2,6 +2,8 @@
 linear-Gaussian chain), errors that reach every layer in one step, the local weight gradient at
 the relaxed states, and graphs it is not defined on refused before any work."""
 
+import copy
+
 import pytest
 import torch
 
@@ -75,3 +77,19 @@ def test_graphs_epc_is_not_defined_on_are_refused():
         pcgraph.Solver(variant="epc", init="zeros").relax(graph, {"x": torch.randn(2, 3)})
     with pytest.raises(pcgraph.SpecError, match="inference.tol"):
         pcgraph.Solver(variant="epc", tol=1e-6)
+
+
+def test_small_errors_keep_their_digits_in_float32():
+    """With a tiny error step, x_v - mu_v at the relaxed point is a difference of two large numbers;
+    the local rule reads ePC's e_v instead, so a float32 weight gradient matches float64's."""
+    torch.manual_seed(3)
+    graph32 = pcgraph.compile(chain([20, 32, 32, 32, 32, 5], act="tanh").spec, dtype=torch.float32)
+    graph64 = copy.deepcopy(graph32).double()  # the same (float32) values
+    x0, x5 = torch.randn(16, 20), torch.randn(16, 5)
+    grads = {}
+    for dtype, graph in ((torch.float32, graph32), (f64, graph64)):
+        batch = {"x0": x0.to(dtype), "x5": x5.to(dtype)}
+        _, grads[dtype] = pcgraph.Solver(steps=1, optimizer=StateSGD(1e-5), variant="epc").gradients(graph, batch)
+    for name, g64 in grads[f64].items():
+        g32 = grads[torch.float32][name].double()
+        assert float((g32 - g64).norm() / g64.norm()) < 1e-3, name

@@ -75,12 +75,17 @@ def deep_mlp(dataset: str, depth: int, width: int = 128, residual: bool = True, 
         "description": f"{kind} MLP, {depth} hidden layers of {width}, {method}; examples/bench_depth.py",
         "graph": {"nodes": nodes, "edges": edges},
         "inference": {"steps": steps(depth), "init": "forward",
-                      "optimizer": {"kind": "sgd", "lr": round(state_lr(depth), 4), "momentum": 0.0}},
+                      "optimizer": {"kind": "sgd", "lr": _rounded(state_lr(depth)), "momentum": 0.0}},
         "learning": {"optimizer": {"kind": "adam", "lr": lr}, "schedule": "cosine", "variant": variant,
                      "update": update},
         "data": {"dataset": dataset, "input": "image", "target": "label", "batch_size": 128},
         "train": {"epochs": epochs, "seed": 0},
     }
+
+
+def _rounded(x: float) -> float:
+    """4 decimals, or 2 significant digits below 1e-3 (a step is never rounded to 0)."""
+    return round(x, 4) if x >= 1e-3 else float(f"{x:.2g}")
 
 
 def write_specs(folder: Path) -> None:

@@ -180,7 +180,10 @@ def _plot(rows: list[dict], path: Path) -> None:
                          if (r["dataset"], r["net"], r["method"]) == (dataset, net, method) and "best" in r)
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=method)
+        depths = sorted({r["depth"] for r in rows if (r["dataset"], r["net"]) == (dataset, net)})
         ax.set(title=f"{dataset}, {net} MLP", xlabel="hidden layers", ylabel="best test accuracy (%)", xscale="log")
+        ax.set_xticks(depths, [str(d) for d in depths])
+        ax.minorticks_off()
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

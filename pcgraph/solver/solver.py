@@ -217,8 +217,9 @@ class Solver:
             trace, gp = fixed_loop(run, optimizer, states, steps, learn_now)
             states.update({v: start[v] + states[v] for v in start})
         elif every_step or self.tol is not None:
+            learning = lambda gp: self._learning_gradient(graph, batch, plan, states, gp, epoch)  # noqa: E731
             trace, gp, steps = self._stepwise(run, states, optimizer, steps, weight_optimizer if every_step else None,
-                                              b, learn_now)
+                                              b, learn_now, learning)
         else:  # fixed T and no host sync: one function, compiled when asked for
             compiled = self.compile and use_local and not self.trace_nodes and compilable(graph, plan)
             loop = self._compiled(graph, plan, b) if compiled else fixed_loop
@@ -267,8 +268,9 @@ class Solver:
                           "inference on autograd, which is slower", PCGraphWarning, stacklevel=4)
         return not missing
 
-    def _stepwise(self, run: Run, states, optimizer, steps, weight_optimizer, b, learn):
-        """The loop with a tolerance stop and/or parameter steps after every step (eager only)."""
+    def _stepwise(self, run: Run, states, optimizer, steps, weight_optimizer, b, learn, learning):
+        """The loop with a tolerance stop and/or parameter steps after every step (eager only);
+        ``learning`` turns dE/dtheta into the update's gradient (nudging's factor, encoders)."""
         graph, plan = run.graph, run.plan
         xs = [states[v] for v in plan.relaxed]
         buffers = optimizer.init(xs)
@@ -284,7 +286,7 @@ class Solver:
                 if plan.fixed_terms:  # terms with no relaxed state still teach their edges
                     _, _, more = run.grads(states, plan.fixed_terms, True, need_states=False)
                     gp = {p: gp.get(p, 0) + more.get(p, 0) for p in {**gp, **more}}
-                param_step(weight_optimizer, gp)
+                param_step(weight_optimizer, learning(gp))
                 with torch.no_grad():
                     run = replace(run, const=Constants.at(graph, plan, states))
             with torch.no_grad():

@@ -121,3 +121,20 @@ def test_refusals():
     graph = chain([3, 4, 2])
     with pytest.raises(pcgraph.SpecError, match="no clamped node is an output"):  # nothing to nudge
         pcgraph.Solver(update="nudged").relax(graph, {"x2": torch.randn(2, 2, dtype=f64)})
+
+
+def test_learning_every_step_takes_the_nudged_factor_too():
+    """Incremental PC with a nudged update: each step's parameter step is the scaled gradient. At
+    T = 1 from the feedforward pass only the output's (beta-weighted) error is nonzero, so with plain
+    SGD the step equals the standard rule's (beta = 1) for any beta."""
+    batch = {"x0": torch.randn(5, 3, dtype=f64), "x2": torch.randn(5, 2, dtype=f64)}
+    moved = {}
+    for beta in (1.0, 0.5):
+        torch.manual_seed(0)
+        graph = chain([3, 4, 2], act=None)
+        before = [p.detach().clone() for p in graph.parameters()]
+        opt = torch.optim.SGD(graph.parameters(), lr=0.01)
+        pcgraph.Solver(steps=1, variant="incremental", update={"kind": "nudged", "beta": beta, "form": "energy"}
+                       ).step(graph, batch, opt)
+        moved[beta] = torch.cat([(p.detach() - q).flatten() for p, q in zip(graph.parameters(), before)])
+    assert torch.allclose(moved[0.5], moved[1.0], atol=1e-12)  # gradient/beta of beta-weighted output = the same

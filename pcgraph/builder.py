@@ -28,7 +28,10 @@ class Graph:
 
     def node(self, name: str, shape: int | tuple[int, ...] | list[int], *, observed: bool = False,
              energy: str | dict = "gaussian", prior: dict | None = None) -> str:
-        """Declare a value node; returns its name, to pass to :meth:`edge`."""
+        """Declare a value node; returns its name, to pass to :meth:`edge`. A name is declared once."""
+        if name in self._nodes:
+            raise ValueError(f"node {name!r} is declared twice (YAML refuses a repeated key too); give it one "
+                             "g.node(...) call")
         node: dict[str, Any] = {"shape": [shape] if isinstance(shape, int) else list(shape)}
         if observed:
             node["role"] = "observed"
@@ -68,7 +71,8 @@ class Graph:
         return self._section("train", settings)
 
     def _section(self, key: str, settings: dict) -> Graph:
-        self._sections[key] = settings
+        """Settings of a section; a later call adds to (and overrides keys of) an earlier one."""
+        self._sections[key] = {**self._sections.get(key, {}), **settings}
         return self
 
     def spec(self) -> GraphSpec:

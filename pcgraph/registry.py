@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, model_serializer
 class Registered(BaseModel):
     """Base of registered classes: subclasses set ``kind`` and declare their arguments as fields."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # .inf, .nan refused
     kind: ClassVar[str] = ""
 
     @model_serializer(mode="wrap")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -326,3 +327,25 @@ def test_json_schema_accepts_every_shipped_spec_and_rejects_unknown_fields():
         assert not list(validator.iter_errors(data)), path
         next(iter(data["graph"]["nodes"].values()))["colour"] = "red"
         assert list(validator.iter_errors(data))
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    ("inference.optimizer.lr", ".inf"), ("learning.optimizer.lr", ".inf"), ("graph.nodes.y.energy.precision", ".inf"),
+    ("graph.nodes.z.prior.mean", ".nan"), ("graph.edges[0].scale", ".inf"),
+])
+def test_non_finite_numbers_are_spec_errors_with_their_path(path, value):
+    """Issue 15, item 9: .inf / .nan pass no field (they used to validate and then "diverge")."""
+    text = f"""
+name: t
+graph:
+  nodes:
+    x: {{shape: [2], role: observed}}
+    z: {{shape: [2], prior: {{mean: {value if 'mean' in path else 0.0}}}}}
+    y: {{shape: [2], role: observed, energy: {{kind: gaussian, precision: {value if 'precision' in path else 1.0}}}}}
+  edges:
+    - {{from: [x, z], to: y, fn: linear, scale: {value if 'scale' in path else 1.0}}}
+inference: {{optimizer: {{kind: sgd, lr: {value if path.startswith('inference') else 0.1}}}}}
+learning: {{optimizer: {{lr: {value if path.startswith('learning') else 0.001}}}}}
+"""
+    with pytest.raises(pcgraph.SpecError, match=re.escape(path)):
+        pcgraph.spec_from_yaml(text)

@@ -13,6 +13,7 @@ diagonal. A prior is the same energy around a constant mean m: e = 1/2 (x - m)^T
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 import torch
@@ -27,9 +28,9 @@ MAX_MATRIX = 1024  # a matrix precision is for small nodes (Kalman states, outpu
 
 
 def _precision_value(v: Any) -> Any:
-    """A number > 0, a list of them (a diagonal) or a list of rows of numbers (a matrix)."""
+    """A finite number > 0, a list of them (a diagonal) or a list of rows of finite numbers (a matrix)."""
     def number(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
     if number(v) and v > 0:
         return float(v)
@@ -37,7 +38,7 @@ def _precision_value(v: Any) -> Any:
         return [float(x) for x in v]
     if isinstance(v, list) and v and all(isinstance(r, list) and r and all(number(x) for x in r) for r in v):
         return [[float(x) for x in r] for r in v]
-    raise PydanticCustomError("precision", "expected a number greater than 0, a list of them (a diagonal) or a "
+    raise PydanticCustomError("precision", "expected a finite number greater than 0, a list of them (a diagonal) or a "
                               "list of rows (a matrix), got {got}", {"got": repr(v)})
 
 

@@ -7,6 +7,8 @@ updating the states in place; a fresh set of buffers is made for every batch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -17,6 +19,8 @@ class StateSGD:
     """v <- momentum v + g;  x <- x - lr v  (plain gradient descent when momentum = 0)."""
 
     def __init__(self, lr: float = 0.1, momentum: float = 0.0):
+        _check("lr", lr, "a finite number > 0", lambda v: 0 < v < math.inf)
+        _check("momentum", momentum, "a number in [0, 1)", lambda v: 0 <= v < 1)
         self.lr, self.momentum = lr, momentum
 
     def init(self, xs: list[Tensor]) -> list[Tensor]:
@@ -40,6 +44,10 @@ class StateAdam:
     """Adam with bias correction, per element."""
 
     def __init__(self, lr: float = 0.01, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        _check("lr", lr, "a finite number > 0", lambda v: 0 < v < math.inf)
+        for k, b in enumerate(betas):
+            _check(f"betas[{k}]", b, "a number in [0, 1)", lambda v: 0 <= v < 1)
+        _check("eps", eps, "a finite number > 0", lambda v: 0 < v < math.inf)
         self.lr, self.betas, self.eps = lr, betas, eps
 
     def init(self, xs: list[Tensor]) -> list:
@@ -72,3 +80,9 @@ def state_optimizer(spec: S.SGD | S.Adam | S.Euler) -> StateSGD | StateAdam:
     if isinstance(spec, S.Euler):
         return StateSGD(spec.alpha * spec.dt)
     return StateSGD(spec.lr, spec.momentum)
+
+
+def _check(name: str, value, expected: str, ok) -> None:
+    """ValueError naming the argument unless ``value`` is a real number that passes ``ok``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not ok(value):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")

@@ -74,7 +74,7 @@ class Solver:
     """Inference and learning settings, with defaults.
 
     Args:
-        steps: maximum number of inference steps T.
+        steps: maximum number of inference steps T (0: no step, the states stay where they start).
         optimizer: state optimizer (:class:`~pcgraph.solver.optim.StateSGD` or ``StateAdam``).
         init: ``forward`` (feedforward pass), ``zeros``, ``prior`` (prior mean, else zeros) or
             ``amortised`` (the graph's encoders propose the latents; see :mod:`pcgraph.solver.start`).
@@ -107,6 +107,11 @@ class Solver:
                  trace_nodes: bool = False, local_rules: bool = True, compile: bool = False):
         if init not in ("forward", "zeros", "prior", "amortised"):
             raise ValueError(f"init must be forward, zeros, prior or amortised, got {init!r}")
+        for name, value, least in (("steps", steps, 0), ("check_every", check_every, 1)):  # 0 steps: the start
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        if tol is not None and not (isinstance(tol, (int, float)) and 0 < tol < float("inf")):
+            raise ValueError(f"tol must be a finite number > 0 or None, got {tol!r}")
         self.steps, self.init, self.tol, self.check_every = steps, init, tol, check_every
         self.variant, self.update = parse_variant(variant), parse_update(update)
         self.precisions, self.trace_nodes = list(precisions), trace_nodes

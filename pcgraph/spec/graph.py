@@ -30,7 +30,7 @@ from pcgraph.variants import parse_variant
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)  # .inf, .nan refused
 
 
 def _tagged(value: Any) -> Any:

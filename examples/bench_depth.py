@@ -90,8 +90,6 @@ def _rounded(x: float) -> float:
 
 def write_specs(folder: Path) -> None:
     """The shipped deep specs: residual MLPs of depth 16-128 on MNIST and Fashion-MNIST, ePC."""
-    import yaml
-
     folder.mkdir(parents=True, exist_ok=True)
     for dataset in ("mnist", "fashion_mnist"):
         for depth in (16, 32, 64, 128):
@@ -99,7 +97,6 @@ def write_specs(folder: Path) -> None:
             path = folder / f"{dataset}_resmlp{depth}.yaml"
             path.write_text(f"# {spec.description}\n" + spec.to_yaml())
             print(path)
-    del yaml
 
 
 def main(argv: list[str] | None = None) -> int:

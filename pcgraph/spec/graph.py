@@ -110,7 +110,7 @@ OpList = Annotated[
 SCALE_FORMS = ("1/sqrt(fan_in)", "1/sqrt(fan_in*depth)", "1/fan_in")
 
 
-def _scale(v: Any) -> float | str:
+def _parse_scale(v: Any) -> float | str:
     """An edge's scale: a finite nonzero number, or one of the muPC forms."""
     if isinstance(v, str) and v.replace(" ", "") in SCALE_FORMS:
         return v.replace(" ", "")
@@ -136,7 +136,7 @@ class EdgeSpec(_Strict):
     )
     delay: Literal[0, 1] = Field(
         0, description="1: read the sources' relaxed values from the previous time step (a recurrent edge).")
-    scale: Annotated[float | str, BeforeValidator(_scale), WithJsonSchema(
+    scale: Annotated[float | str, BeforeValidator(_parse_scale), WithJsonSchema(
         {"anyOf": [{"type": "number"}, {"enum": list(SCALE_FORMS)}]})] = Field(
         1.0, description="Multiply the edge's output by a number or by a form of its first weighted op's "
         "fan-in and the graph's depth (muPC): 1/sqrt(fan_in), 1/sqrt(fan_in*depth), 1/fan_in.")

@@ -23,23 +23,22 @@ class Method:
     steps = 1  # parameter updates per batch (how often a distributed stepper all-reduces)
     epoch = 0  # the epoch being trained (set by run_epoch; centered nudging reads it)
 
-    node_sums: dict
-    node_count = 0
-
-    def node_energy(self) -> dict | None:
-        """{node: [energy per sample at each inference step]} over the epoch so far (then reset),
-        when the solver traces nodes; else None."""
-        sums, count = getattr(self, "node_sums", None), self.node_count
-        self.node_sums, self.node_count = {}, 0
-        return {v: (e / count).tolist() for v, e in sums.items()} if sums and count else None
-
     def __init__(self, spec: GraphSpec, graph: CompiledGraph, task: Objective, solver: Solver):
         self.graph, self.task, self.solver = graph, task, solver
+        self.node_sums: dict[str, Tensor] = {}  # the solver's node trace, summed over the epoch's samples
+        self.node_count = 0
         self.input, self.target = spec.data.input, spec.data.target
         self.scored = task.classify and graph.acyclic and task.input_ref.neurons is None \
             and task.target_ref.neurons is None
         self.model: torch.nn.Module = graph  # what is trained, broadcast and saved
         self.optimizer_spec = spec.learning.optimizer
+
+    def node_energy(self) -> dict | None:
+        """{node: [energy per sample at each inference step]} over the epoch so far (then reset),
+        when the solver traces nodes; else None."""
+        sums, count = self.node_sums, self.node_count
+        self.node_sums, self.node_count = {}, 0
+        return {v: (e / count).tolist() for v, e in sums.items()} if sums and count else None
 
     def step(self, batch: dict, stepper, n: int) -> tuple[Tensor | None, Tensor | None]:
         """One update on ``batch`` holding ``n`` real samples (0: a stand-in of weight 0); returns

@@ -269,7 +269,6 @@ def run_epoch(run: RunSetup, epoch: int, stop: StopOnSignal) -> None:
         run.perm = torch.randperm(len(run.data[0]), generator=run.gen).to(run.dev)
         run.partial = {"energy": 0.0, "correct": 0, "seen": 0, "skipped": 0}
     run.method.epoch = epoch
-    run.method.node_energy()  # a fresh trace for this epoch
     energy, correct, seen, skipped = _train_batches(run, epoch, stop)
     run.position = 0
     _check_parameters(run.method.graph, epoch)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, model_serializer
+from pydantic import BaseModel, ConfigDict, SerializationInfo, model_serializer
 
 
 class Registered(BaseModel):
@@ -20,10 +20,18 @@ class Registered(BaseModel):
     kind: ClassVar[str] = ""
 
     @model_serializer(mode="wrap")
-    def _short_form(self, handler: Any) -> Any:
-        # written as its bare name when every argument is at its default: ``linear``
+    def _short_form(self, handler: Any, info: SerializationInfo) -> Any:
+        # written as its bare name when every argument is at its default: ``linear``; with
+        # context={"resolved": True} every argument is written (GraphSpec.to_yaml(resolved=True))
+        if resolved(info):
+            return {"kind": self.kind, **handler(self)}
         args = {k: v for k, v in handler(self).items() if k in self.model_fields_set}
         return {"kind": self.kind, **args} if args else self.kind
+
+
+def resolved(info: SerializationInfo) -> bool:
+    """Whether a dump asked for every field, defaults included (``context={"resolved": True}``)."""
+    return bool((info.context or {}).get("resolved"))
 
 
 class Registry(dict):

@@ -62,7 +62,10 @@ def mutated_specs(draw):
 @given(mutated_specs())
 def test_mutated_specs_compile_or_raise_spec_error_with_a_path(data):
     try:
-        compile(spec_from_dict(data), max_bytes=LIMIT)
+        spec = spec_from_dict(data)
+        for text in (spec.to_yaml(), spec.to_yaml(resolved=True)):  # a valid spec reads back equal
+            assert spec_from_yaml(text) == spec
+        compile(spec, max_bytes=LIMIT)
     except SpecError as err:
         assert err.problems and all(path for path, _ in err.problems), err.problems
 

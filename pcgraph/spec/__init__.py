@@ -53,9 +53,14 @@ class GraphSpec(_Strict):
     sequence: SequenceSpec = Field(default_factory=SequenceSpec, description="Time: graphs with delayed edges.")
     train: TrainSpec = Field(default_factory=TrainSpec)
 
-    def to_yaml(self) -> str:
-        """The spec as YAML text; :func:`spec_from_yaml` reads it back to an equal spec."""
-        data = self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    def to_yaml(self, resolved: bool = False) -> str:
+        """The spec as YAML text; :func:`spec_from_yaml` reads it back to an equal spec.
+
+        By default only what differs from the defaults is written (what a person would type);
+        ``resolved=True`` writes every field, defaults included, so the text keeps its meaning
+        when a later pcgraph changes a default (run folders and checkpoints record this form)."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_defaults=not resolved,
+                               context={"resolved": resolved})
         return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
 
 

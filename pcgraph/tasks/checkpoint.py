@@ -63,13 +63,32 @@ def restore_graph(payload: dict) -> tuple[CompiledGraph, GraphSpec]:
     return graph, spec
 
 
-def load_parameters(graph: CompiledGraph, payload: dict) -> None:
-    """Put the checkpoint's parameters into ``graph``; UsageError when they do not fit it."""
+def load_parameters(graph: torch.nn.Module, payload: dict) -> None:
+    """Put the checkpoint's parameters into ``graph``; UsageError naming the missing, unexpected
+    and mis-shaped tensors when they do not fit it."""
+    saved, own = payload.get("model"), graph.state_dict()
+    if not isinstance(saved, dict):
+        raise UsageError("the checkpoint holds no parameters (its 'model' entry is missing)")
     try:
-        graph.load_state_dict(payload["model"])
-    except (RuntimeError, KeyError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise UsageError(f"the checkpoint's parameters do not match its spec: {first}") from None
+        graph.load_state_dict(saved)
+    except RuntimeError as err:  # torch lists the keys over many lines; one line here
+        problems = mismatches(own, saved) or str(err).strip().splitlines()[-1].strip()
+        raise UsageError(f"the checkpoint's parameters do not match its spec: {problems}") from None
+
+
+def mismatches(own: dict, saved: dict, show: int = 4) -> str:
+    """What differs between two state dicts, one clause per kind ('' if they fit)."""
+    def names(keys: list[str]) -> str:
+        more = f" and {len(keys) - show} more" if len(keys) > show else ""
+        return ", ".join(keys[:show]) + more
+
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    shaped = [f"{k} (saved {list(saved[k].shape)}, the spec's {list(own[k].shape)})" for k in own
+              if k in saved and hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(own[k].shape)]
+    clauses = [f"{label}: {names(keys)}" for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                                               ("mis-shaped", shaped)) if keys]
+    return "; ".join(clauses)
 
 
 def load(folder: str | os.PathLike) -> tuple[CompiledGraph, GraphSpec]:

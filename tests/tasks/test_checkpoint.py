@@ -9,7 +9,7 @@ import torch
 
 import pcgraph
 from pcgraph.cli import main
-from pcgraph.errors import Interrupted, UsageError
+from pcgraph.errors import DivergenceError, Interrupted, UsageError
 from pcgraph.solver import Solver
 from pcgraph.tasks import checkpoint
 from pcgraph.tasks.train import train
@@ -94,9 +94,14 @@ def test_checkpoint_whose_tensors_do_not_fit_its_spec_is_refused(tmp_path, capsy
     train(spec(), epochs=1, out=tmp_path, **QUIET)
     payload = checkpoint.read(tmp_path)
     payload["model"]["edges.0.pipeline.0.weight"] = torch.zeros(3, 3)
+    payload["model"]["edges.9.extra"] = torch.zeros(1)
+    del payload["model"]["edges.1.pipeline.0.bias"]
     checkpoint.save(tmp_path, payload)
-    with pytest.raises(UsageError, match="do not match its spec"):
+    with pytest.raises(UsageError, match="do not match its spec") as err:
         pcgraph.load(tmp_path)
+    message = str(err.value)  # every offending key named, with the shapes that disagree
+    assert "missing: edges.1.pipeline.0.bias" in message and "unexpected: edges.9.extra" in message
+    assert "mis-shaped: edges.0.pipeline.0.weight (saved [3, 3], the spec's [64, 64])" in message
     assert main(["eval", str(tmp_path)]) == 2
     assert main(["train", "--resume", str(tmp_path)]) == 2
     err = capsys.readouterr().err.splitlines()
@@ -112,12 +117,36 @@ def test_missing_or_foreign_checkpoints_are_one_line_errors(tmp_path, capsys):
     assert len(err) == 3 and all(line.startswith("pcgraph: error:") for line in err)
 
 
-def test_skip_diverging_batches_counts_them(tmp_path):
+def test_skipped_batches_are_counted_and_left_out_of_the_means(monkeypatch):
+    from pcgraph.tasks.methods import PCMethod
+
+    real, calls, kept = PCMethod.step, [0], []
+
+    def every_third_diverges(self, batch, stepper, n):
+        calls[0] += 1
+        if calls[0] % 3 == 0:
+            raise DivergenceError("energy became inf")
+        contribution, predicted = real(self, batch, stepper, n)
+        kept.append((float(contribution), n))
+        return contribution, predicted
+
+    monkeypatch.setattr(PCMethod, "step", every_third_diverges)
+    row = train(spec(), epochs=1, on_divergence="skip", **QUIET).history[0]
+    assert row["skipped_batches"] == calls[0] // 3 > 0
+    # the epoch's energy is the mean over the samples that trained, not diluted by zeros
+    assert row["energy"] == pytest.approx(sum(e for e, _ in kept) / sum(n for _, n in kept), rel=1e-6)
+
+
+def test_an_epoch_whose_every_batch_diverges_is_an_error(tmp_path, capsys):
     wild = spec()
     wild = wild.model_copy(update={"inference": wild.inference.model_copy(
         update={"optimizer": wild.inference.optimizer.model_copy(update={"lr": 1e4}), "steps": 30})})
-    result = train(wild, epochs=1, on_divergence="skip", **QUIET)
-    assert result.history[0]["skipped_batches"] > 0
+    with pytest.raises(DivergenceError, match="every batch .* was skipped"):
+        train(wild, epochs=1, on_divergence="skip", **QUIET)
+    path = tmp_path / "wild.yaml"
+    path.write_text(wild.to_yaml())
+    assert main(["train", str(path), "--on-divergence", "skip", "--no-progress", "--epochs", "1"]) == 1
+    assert "nothing was learnt" in capsys.readouterr().err
 
 
 def test_a_state_dict_from_before_energy_terms_loads():
@@ -134,3 +163,29 @@ def test_a_state_dict_from_before_energy_terms_loads():
     old["precisions.y.fixed"] = old["precisions.y.fixed"] * 3
     graph.load_state_dict(old)
     assert torch.equal(graph.terms["y"].matrix(), torch.tensor([[6.0, 1.5], [1.5, 3.0]]))
+
+
+def test_train_refuses_a_folder_holding_another_run_unless_forced(tmp_path, capsys):
+    train(spec(), epochs=1, out=tmp_path, **QUIET)
+    before = {name: (tmp_path / name).read_bytes() for name in ("checkpoint.pt", "model.pt", "metrics.jsonl")}
+    with pytest.raises(UsageError, match=r"already holds a run .*--resume .*--force"):
+        train(spec(), epochs=1, out=tmp_path, **QUIET)
+    assert main(["train", "specs/digits_mlp.yaml", "--epochs", "1", "--no-progress", "--out", str(tmp_path)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert before == {name: (tmp_path / name).read_bytes() for name in before}  # nothing of it touched
+    other = spec().model_copy(update={"train": spec().train.model_copy(update={"seed": 7})})
+    train(other, epochs=1, out=tmp_path, force=True, **QUIET)
+    assert pcgraph.load(tmp_path)[1] == other and len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_run_folder_records_the_resolved_spec_and_refuses_an_edited_one_on_resume(tmp_path):
+    train(spec(), epochs=1, out=tmp_path, **QUIET)
+    text = (tmp_path / "spec.yaml").read_text()
+    assert f"pcgraph {pcgraph.__version__}" in text
+    for default in ("check_every:", "variant:", "update:", "trace_nodes:", "tol:"):  # defaults written out
+        assert default in text and default not in spec().to_yaml()
+    assert pcgraph.spec_from_yaml(text) == spec()
+    assert checkpoint.read(tmp_path)["pcgraph_version"] == pcgraph.__version__
+    (tmp_path / "spec.yaml").write_text(text.replace("steps: 8", "steps: 3"))
+    with pytest.raises(UsageError, match=r"differs from the spec this run was trained with \(at inference.steps\)"):
+        train(resume=tmp_path, epochs=2, **QUIET)

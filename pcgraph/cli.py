@@ -32,7 +32,10 @@ def _graph(args, dtype=None):
 
 
 def cmd_validate(args) -> int:
+    from pcgraph.tasks.methods import check_buildable
+
     spec, graph = _graph(args)
+    check_buildable(spec)  # the solver, objective and weight optimizer, as train builds them
     print(f"{args.spec}: valid ({len(graph.nodes)} nodes, {len(graph.edges)} edges, "
           f"{graph.num_params():,} parameters)")
     return 0
@@ -46,6 +49,7 @@ def cmd_schema(args) -> int:
 
 
 def cmd_show(args) -> int:
+    _check_file(args.png, "--png", args.force)
     spec, graph = _graph(args)
     clamped = {v for v, n in graph.nodes.items() if n.spec.role == "observed"}
     node_rows = [(v, "x".join(map(str, n.shape)), "previous step" if v in graph.delayed else n.spec.role,
@@ -113,7 +117,7 @@ def cmd_train(args) -> int:
     log = _log_stderr if args.json else print  # module-level: it travels to --nproc workers
     result = train(spec, epochs=args.epochs, data_root=args.data_root, device=args.device, out=args.out,
                    progress=not args.no_progress, log=log, resume=args.resume, on_divergence=args.on_divergence,
-                   nproc=args.nproc)
+                   nproc=args.nproc, force=args.force)
     if os.environ.get("RANK", "0") != "0":  # under torchrun every rank returns here; rank 0 reports
         return 0
     trace = next((row["node_energy"] for row in reversed(result.history) if "node_energy" in row), None)
@@ -165,6 +169,7 @@ def _score(metric: str, value: float) -> str:
 def cmd_bench(args) -> int:
     from pcgraph.spec import load_spec
     from pcgraph.tasks import bench
+    from pcgraph.tasks.paths import check_folder
 
     specs = [load_spec(path) for path in args.specs]
     if args.compile:
@@ -172,30 +177,39 @@ def cmd_bench(args) -> int:
     for path, spec in zip(args.specs, specs):
         if spec.data is None:
             raise UsageError(f"{path}: a spec needs a data section to be benchmarked")
-    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    out = args.out
-    if args.images and out is None:
+    if args.images and args.out is None:
         raise UsageError("--images needs --out DIR (the trained runs it draws from)")
-    rows = bench.bench(specs, seeds=args.seeds, epochs=args.epochs, data_root=args.data_root, device=args.device,
-                       out=out, methods=tuple(args.methods), log=log, progress=not args.no_progress)
-    where = sys.stderr if args.json else sys.stdout  # with --json, stdout holds only the JSON line
-    print(file=where)
-    _table(bench.HEADER, bench.table(rows), where)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(bench.to_markdown(rows))
-    if args.plot:
-        bench.plot(rows, args.plot)
+    _check_file(args.markdown, "--markdown", args.force)  # before hours of training, not after
+    _check_file(args.plot, "--plot", args.force)
     if args.images:
-
-
+        check_folder(args.images, "--images")
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    where = sys.stderr if args.json else sys.stdout  # with --json, stdout holds only the JSON line
+    rows = []
+    try:
+        for row in bench.run_bench(specs, seeds=args.seeds, epochs=args.epochs, data_root=args.data_root,
+                                   device=args.device, out=args.out, methods=tuple(args.methods), log=log,
+                                   progress=not args.no_progress, force=args.force):
+            rows.append(row)
+    finally:  # a failure or an interrupt later on still writes the rows that finished
+        if rows:
+            total = len(specs) * len(args.methods)
+            print(file=where)
+            if len(rows) < total:
+                print(f"(stopped early: {len(rows)} of {total} rows finished)", file=where)
+            _table(bench.HEADER, bench.table(rows), where)
+            if args.markdown:
+                Path(args.markdown).write_text(bench.to_markdown(rows))
+            if args.plot:
+                bench.plot(rows, args.plot)
+            if args.json:
+                print(bench.to_json(rows))
+    if args.images:
         Path(args.images).mkdir(parents=True, exist_ok=True)
-        for spec in specs:
+        for spec, folder in zip(specs, bench.folder_names(specs)):
             if spec.data.target is None:
-                bench.reconstruction_grid(spec, out, Path(args.images) / f"{spec.name}-reconstructions.png",
-                                          args.data_root)
-    if args.json:
-        print(bench.to_json(rows))
+                bench.reconstruction_grid(spec, args.out, Path(args.images) / f"{folder}-reconstructions.png",
+                                          args.data_root, folder=folder)
     return 0
 
 
@@ -203,14 +217,18 @@ def cmd_filter(args) -> int:
     import torch
 
     from pcgraph.tasks import sequence as seq
+    from pcgraph.tasks import sequence_io
     from pcgraph.tasks.setup import weight_optimizer
 
+    if args.out:  # refuse a taken or unwritable output before the (long) run, not after it
+        sequence_io.check_output(args.out, args.force)
+    _check_file(args.plot, "--plot", args.force)
     spec, graph = _graph(args, torch.float64)  # the spec's values (A, C, Q, R) in full precision
     if not graph.delayed:
         raise UsageError(f"{args.spec}: the graph has no delayed edge (delay: 1), so there is nothing to filter")
     truth = None
     if args.input:
-        observations = seq.read_observations(args.input, graph)
+        observations, truth = sequence_io.read_sequence(args.input, graph)
     else:
         seed = spec.sequence.seed if args.seed is None else args.seed
         truth, observations = seq.simulate(graph, args.length or spec.sequence.length, 1,
@@ -219,7 +237,7 @@ def cmd_filter(args) -> int:
     if args.learn:
         opt = weight_optimizer(spec.learning.optimizer, graph.parameters())
         for epoch in range(1, args.epochs + 1):
-            r = seq.run_sequence(graph, observations, optimizer=opt)
+            r = seq.run_sequence(graph, observations, optimizer=opt, progress=not args.no_progress)
             mse = sum(float(((r.predictions[v] - observations[v]) ** 2).mean()) for v in observations)
             log(f"epoch {epoch}: one-step-ahead prediction MSE {mse:.4e} (learning online)")
     try:
@@ -227,9 +245,10 @@ def cmd_filter(args) -> int:
         modes = ["fixed", "steady_state", "propagated"]
     except SpecError:
         modes = [spec.sequence.prior_precision]
-    rows, tracks = seq.filter_report(graph, observations, truth, modes)
+    rows, tracks = seq.filter_report(graph, observations, truth, modes, progress=not args.no_progress)
     length = len(next(iter(observations.values())))
-    log(f"{spec.name}: {length} steps ({'simulated from the spec' if truth is not None else args.input})")
+    truth_note = "" if truth is None or not args.input else ", with true states"
+    log(f"{spec.name}: {length} steps ({args.input or 'simulated from the spec'}{truth_note})")
     _table(("method", "state RMSE", "one-step prediction MSE"),
            [(r["method"], f"{r['state_rmse']:.4f}" if "state_rmse" in r else "-", f"{r['prediction_mse']:.4e}")
             for r in rows], sys.stderr if args.json else None)
@@ -237,8 +256,12 @@ def cmd_filter(args) -> int:
         from pcgraph.tasks import plots
 
         plots.tracks(tracks, truth, observations, args.plot)
+    if args.out:
+        sequence_io.write_estimates(args.out, sequence_io.estimate_table(seq.tracked_state(graph), tracks,
+                                                                          observations, truth), args.force)
+        log(f"wrote the per-step estimates to {args.out}")
     if args.json:
-        print(json.dumps({"name": spec.name, "steps": length, "rows": rows}))
+        print(json.dumps({"name": spec.name, "steps": length, "rows": rows, **({"out": args.out} if args.out else {})}))
     return 0
 
 
@@ -247,6 +270,7 @@ def cmd_verify_bp(args) -> int:
 
     from pcgraph.tasks.verify import check_verifiable, random_batch, verify_bp
 
+    _check_file(args.plot, "--plot", args.force)
     torch.manual_seed(args.seed)  # the parameters' initialisation: the same figures on every run
     spec, graph = _graph(args)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
@@ -302,14 +326,37 @@ def _data_batch(spec, graph, args, dtype):
     return batch
 
 
+def _check_file(path: str | None, option: str, force: bool) -> None:
+    """An output file named on the command line can be written, and replaces nothing unasked."""
+    if path:
+        from pcgraph.tasks.paths import check_file
+
+        check_file(path, option, force)
+
+
 def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    values = [_positive_float(v.strip()) for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}")
     return values
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):  # nan and inf are no scale or tolerance
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    from pcgraph.spec.run import SEED_MAX
+
+    if not text.isdigit() or int(text) > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to 2**63 - 1, got {text!r}")
+    return int(text)
 
 
 def _int_list(text: str) -> list[int]:
@@ -356,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("spec")
     sh.add_argument("--png", metavar="FILE", help="draw the neuron-level graph (up to --max-neurons neurons)")
     sh.add_argument("--max-neurons", type=_positive_int, default=300, help="largest graph --png draws (default 300)")
+    sh.add_argument("--force", action="store_true", help="replace an existing --png file")
     sh.add_argument("--json", action="store_true", help="also print the totals as one JSON line")
     sh.set_defaults(fn=cmd_show)
     t = sub.add_parser("train", help="train a spec with PC on its data set")
@@ -366,8 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive_int, help="override train.epochs")
     t.add_argument("--data-root", help="folder with the data set's files (default: $PCGRAPH_DATA)")
     t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    t.add_argument("--out", help="write spec.yaml, metrics (jsonl, csv), checkpoint.pt every epoch, model.pt")
-    t.add_argument("--seed", type=int, help="override train.seed")
+    t.add_argument("--out", help="write spec.yaml, metrics (jsonl, csv), checkpoint.pt every epoch, model.pt "
+                   "(a folder holding another run is refused, see --force)")
+    t.add_argument("--force", action="store_true", help="with --out: replace the run already in that folder")
+    t.add_argument("--seed", type=_seed, help="override train.seed")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the inference loop (on cuda: captured once as a CUDA graph and replayed)")
     t.add_argument("--nproc", type=_positive_int, metavar="N",
@@ -395,7 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data-root", help="folder with the data sets' files (default: $PCGRAPH_DATA)")
     b.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     b.add_argument("--compile", action="store_true", help="torch.compile PC's inference loop")
-    b.add_argument("--out", help="keep every run folder under DIR/<spec>/<method>-seed<k>")
+    b.add_argument("--out", help="keep every run folder under DIR/<spec>/<method>-seed<k> (<spec>: the spec's "
+                   "name with characters other than letters, digits, '.', '_', '-' replaced by '_')")
+    b.add_argument("--force", action="store_true", help="replace existing run folders and output files")
     b.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")
     b.add_argument("--plot", metavar="FILE", help="PNG of test metric vs epoch, PC and BP")
     b.add_argument("--images", metavar="DIR", help="reconstruction grids (PNG) of the autoencoder specs")
@@ -405,11 +457,18 @@ def build_parser() -> argparse.ArgumentParser:
     fl = sub.add_parser("filter", help="run a recurrent graph (delayed edges) along a sequence, next to a Kalman filter")
     fl.add_argument("spec")
     fl.add_argument("--length", type=_positive_int, help="length of the simulated sequence (default sequence.length)")
-    fl.add_argument("--input", metavar="FILE", help="observations: CSV (rows = time steps) or .npz; default: simulate")
-    fl.add_argument("--seed", type=int, help="seed of the simulation (default sequence.seed)")
+    fl.add_argument("--input", metavar="FILE",
+                    help="observations and optionally true states (scored by state RMSE): CSV (rows = time steps, "
+                         "columns named by node, e.g. y0,y1,x0,...,x3, or observations then states) or .npz (one "
+                         "array per node); default: simulate from the spec")
+    fl.add_argument("--seed", type=_seed, help="seed of the simulation (default sequence.seed)")
     fl.add_argument("--learn", action="store_true", help="first learn the parameters online over the sequence")
     fl.add_argument("--epochs", type=_positive_int, default=1, help="with --learn: passes over the sequence")
     fl.add_argument("--plot", metavar="FILE", help="PNG of the true track, observations and estimates")
+    fl.add_argument("--out", metavar="FILE", help="write the per-step estimates of PC and the Kalman filter, the "
+                                                  "observations and true states (.csv or .npz by suffix)")
+    fl.add_argument("--force", action="store_true", help="let --out and --plot replace existing files")
+    fl.add_argument("--no-progress", action="store_true", help="no progress bar")
     fl.add_argument("--json", action="store_true", help="the table to stderr; the rows as one JSON line on stdout")
     fl.set_defaults(fn=cmd_filter)
     vb = sub.add_parser("verify-bp", help="compare PC's parameter gradients with backprop's")
@@ -423,9 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     vb.add_argument("--batch-size", type=_positive_int, default=64)
     vb.add_argument("--data-root", help="folder with the data set's files (default: $PCGRAPH_DATA)")
     vb.add_argument("--dtype", choices=["float32", "float64"], default="float64")
-    vb.add_argument("--tol", type=float, help="exact mode: largest relative error allowed")
-    vb.add_argument("--seed", type=int, default=0, help="seed of the parameters and of the random batch")
+    vb.add_argument("--tol", type=_positive_float, help="exact mode: largest relative error allowed")
+    vb.add_argument("--seed", type=_seed, default=0, help="seed of the parameters and of the random batch")
     vb.add_argument("--plot", help="approx mode: save the error-vs-scale curve as a PNG")
+    vb.add_argument("--force", action="store_true", help="replace an existing --plot file")
     vb.add_argument("--json", action="store_true", help="last line: the result as JSON")
     vb.set_defaults(fn=cmd_verify_bp)
     return p

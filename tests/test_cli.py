@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -255,3 +256,131 @@ def test_weight_decay_on_an_optimizer_without_it_is_a_spec_error():
         weight_optimizer(WeightOptimizerSpec(kind="rprop", weight_decay=0.1), graph.parameters())
     assert err.value.path == "learning.optimizer.weight_decay"
     weight_optimizer(WeightOptimizerSpec(kind="rprop"), graph.parameters())  # fine without it
+
+
+# --- filter: true states in the input, --out, errors, progress ------------------------------------
+
+KALMAN = str(ROOT / "specs" / "kalman_tracking.yaml")
+
+
+def _textbook_kalman(spec_path: str, ys: torch.Tensor) -> torch.Tensor:
+    """Posterior means of the classic filter, (A, C, Q, R, m0, P0) read straight from the YAML:
+    m^- = A m, P^- = A P A^T + Q, K = P^- C^T (C P^- C^T + R)^-1, m = m^- + K (y - C m^-), P = (I - K C) P^-."""
+    import yaml
+
+    raw = yaml.safe_load(Path(spec_path).read_text())["graph"]
+    f64 = torch.float64
+    A = torch.tensor(raw["edges"][0]["fn"][0]["weight"], dtype=f64)
+    C = torch.tensor(raw["edges"][1]["fn"][0]["weight"], dtype=f64)
+    Q = torch.tensor(raw["nodes"]["x"]["energy"]["covariance"], dtype=f64)
+    R = raw["nodes"]["y"]["energy"]["covariance"] * torch.eye(2, dtype=f64)
+    m = torch.full((4,), raw["nodes"]["x"]["prior"]["mean"], dtype=f64)
+    P = torch.eye(4, dtype=f64) / raw["nodes"]["x"]["prior"]["precision"]
+    means = []
+    for y in ys:
+        m, P = A @ m, A @ P @ A.T + Q
+        K = P @ C.T @ torch.linalg.inv(C @ P @ C.T + R)
+        m, P = m + K @ (y - C @ m), (torch.eye(4, dtype=f64) - K @ C) @ P
+        means.append(m)
+    return torch.stack(means)
+
+
+def _tracking_sequence(length: int = 6):
+    """A short track of the spec's system: (true states (T, 4), observations (T, 2)), float64."""
+    from pcgraph.tasks.sequence import simulate
+
+    graph = compile(load_spec(KALMAN), dtype=torch.float64)
+    truth, obs = simulate(graph, length, 1, torch.Generator().manual_seed(7), torch.float64)
+    return truth["x"][:, 0], obs["y"][:, 0]
+
+
+def _read_csv_table(path: Path) -> dict[str, torch.Tensor]:
+    lines = path.read_text().splitlines()
+    values = torch.tensor([[float(c) for c in line.split(",")] for line in lines[1:]], dtype=torch.float64)
+    return {name: values[:, i] for i, name in enumerate(lines[0].split(","))}
+
+
+def _columns(table: dict[str, torch.Tensor], prefix: str, n: int) -> torch.Tensor:
+    return torch.stack([table[f"{prefix}{i}"] for i in range(n)], 1)
+
+
+def test_filter_input_with_true_states_writes_the_estimates_of_the_api_and_of_a_textbook_kalman(tmp_path, capsys):
+    from pcgraph.tasks.sequence import run_sequence
+
+    x, y = _tracking_sequence()
+    csv = tmp_path / "track.csv"
+    csv.write_text("y0,y1,x0,x1,x2,x3\n" + "\n".join(",".join(map(repr, r)) for r in torch.cat([y, x], 1).tolist()))
+    out = tmp_path / "estimates.csv"
+    rc, stdout, err = _run(capsys, "filter", KALMAN, "--input", str(csv), "--out", str(out), "--json")
+    assert rc == 0, err
+    rows = {r["method"]: r for r in json.loads(stdout.strip().splitlines()[-1])["rows"]}
+    table = _read_csv_table(out)
+    assert torch.equal(_columns(table, "y", 2), y) and torch.equal(_columns(table, "x", 4), x)
+    kalman = _columns(table, "kalman_x", 4)
+    assert torch.allclose(kalman, _textbook_kalman(KALMAN, y), atol=1e-10, rtol=0)
+    for mode in ("fixed", "steady_state", "propagated"):
+        api = run_sequence(compile(load_spec(KALMAN), dtype=torch.float64), {"y": y[:, None]}, prior_precision=mode)
+        written = _columns(table, f"pc_{mode}_x", 4)
+        assert torch.allclose(written, api.estimates["x"][:, 0], atol=1e-12, rtol=0), mode
+        assert rows[f"pc ({mode})"]["state_rmse"] == pytest.approx(float(((written - x) ** 2).mean().sqrt()), rel=1e-12)
+    assert rows["kalman"]["state_rmse"] == pytest.approx(float(((kalman - x) ** 2).mean().sqrt()), rel=1e-12)
+
+
+def test_filter_out_npz_of_a_simulated_track_reads_back_as_input(tmp_path, capsys):
+    out = tmp_path / "run.npz"
+    rc, stdout, err = _run(capsys, "filter", KALMAN, "--length", "5", "--out", str(out), "--json")
+    assert rc == 0, err
+    simulated = json.loads(stdout.strip().splitlines()[-1])["rows"]
+    with np.load(out) as f:
+        assert {k: f[k].shape for k in f.files} == {"y": (5, 2), "x": (5, 4), "kalman_x": (5, 4), "pc_fixed_x": (5, 4),
+                                                    "pc_steady_state_x": (5, 4), "pc_propagated_x": (5, 4)}
+    rc, stdout, err = _run(capsys, "filter", KALMAN, "--input", str(out), "--json")  # observations and truth back in
+    assert rc == 0, err
+    assert json.loads(stdout.strip().splitlines()[-1])["rows"] == simulated
+
+
+def test_filter_out_refuses_a_taken_or_unwritable_file_before_running(tmp_path, capsys, monkeypatch):
+    from pcgraph.tasks import sequence
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the filter ran before the output path was checked")
+
+    monkeypatch.setattr(sequence, "filter_report", must_not_run)
+    taken = tmp_path / "taken.csv"
+    taken.write_text("the user's results\n")
+    for out, message in ((taken, "exists; pass --force"), (tmp_path / "missing" / "e.csv", "does not exist"),
+                         (tmp_path / "e.txt", "must end in .csv or .npz"), (tmp_path, "is a folder")):
+        rc, _, err = _run(capsys, "filter", KALMAN, "--length", "3", "--out", str(out))
+        assert rc == 2 and message in _one_error_line(err), (out, err)
+    assert taken.read_text() == "the user's results\n"
+    monkeypatch.undo()
+    rc, _, err = _run(capsys, "filter", KALMAN, "--length", "3", "--out", str(taken), "--force", "--no-progress")
+    assert rc == 0, err
+    assert taken.read_text().startswith("y0,y1,x0,x1,x2,x3,kalman_x0,")
+
+
+def test_filter_input_with_a_header_only_is_one_error_line_naming_the_file(tmp_path, capsys):
+    csv = tmp_path / "header_only.csv"
+    csv.write_text("y0,y1\n")
+    rc, _, err = _run(capsys, "filter", KALMAN, "--input", str(csv))
+    assert rc == 2
+    line = _one_error_line(err)
+    assert str(csv) in line and "no data rows" in line
+
+
+def test_filter_shows_progress_on_a_terminal_unless_told_not_to(tmp_path, capsys, monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for extra, shown in (([], True), (["--no-progress"], False)):
+        terminal = Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        assert main(["filter", KALMAN, "--length", "3", *extra]) == 0
+        bar = terminal.getvalue()
+        assert ("pc (propagated)" in bar and "3/3" in bar and "step" in bar) == shown, bar
+    monkeypatch.undo()
+    assert main(["filter", KALMAN, "--length", "3"]) == 0  # stderr not a terminal (pytest's): no bar
+    assert capsys.readouterr().err == ""

@@ -20,6 +20,9 @@ from pcgraph.spec.graph import EdgeSpec, ScheduleField, UpdateField, VariantFiel
 from pcgraph.updates import Relaxed
 from pcgraph.variants import Standard
 
+SEED_MAX = 2**63 - 1  # the largest seed torch.manual_seed takes as a signed 64-bit integer
+
+
 # --- inference -------------------------------------------------------------------------------
 
 
@@ -205,9 +208,11 @@ class DataSpec(_Strict):
         description="digits: scikit-learn's embedded 8x8 digits; mnist, fashion_mnist: 28x28; "
         "cifar10: 3x32x32 colour images."
     )
-    input: str = Field("image", description="Node (or node[start:stop]) the images are clamped to.")
+    input: str = Field("image", description="Node (or node[start:stop]) the images are clamped to: a whole "
+                       "node is `role: observed`, a node with a clamped range is latent.")
     target: str | None = Field(
-        "label", description="Node (or node[start:stop]) the one-hot labels are clamped to; null: reconstruction.")
+        "label", description="Node (or node[start:stop]) the one-hot labels are clamped to, observed or latent as "
+        "for input; null: reconstruction.")
     complete: str | None = Field(
         None, description="Input neurons hidden at test time, inferred and scored by MSE, e.g. x[32:64].")
     batch_size: PositiveInt = Field(128, description="Training batch size.")
@@ -233,7 +238,8 @@ class DataSpec(_Strict):
 
 class TrainSpec(_Strict):
     epochs: PositiveInt = Field(10, description="Passes over the training set.")
-    seed: int = Field(0, description="Seed for parameters and shuffling (CPU runs repeat bit for bit).")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for parameters and shuffling (CPU runs repeat bit "
+                      "for bit); 0 to 2**63 - 1.")
     eval: Literal["feedforward", "inference"] = Field(
         "feedforward",
         description="Test prediction: a feedforward pass, or inference with only the input clamped "
@@ -264,6 +270,6 @@ class SequenceSpec(_Strict):
         "fixed", description="Precision of the recurrent state's prediction: fixed (as declared, e.g. the "
         "process noise), steady_state (the steady-state Kalman prior) or propagated (Riccati, every step).")
     length: PositiveInt = Field(200, description="Length of a simulated sequence.")
-    seed: int = Field(0, description="Seed of the simulation.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the simulation; 0 to 2**63 - 1.")
 
 

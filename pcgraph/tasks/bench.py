@@ -24,9 +24,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pcgraph.compile import compile
+from pcgraph.errors import SpecError, UsageError
 from pcgraph.solver import Solver
 from pcgraph.spec import GraphSpec
+from pcgraph.spec.run import SEED_MAX
+from pcgraph.tasks import checkpoint
+from pcgraph.tasks.methods import check_buildable
 from pcgraph.tasks.objective import Backprop, Objective
+from pcgraph.tasks.paths import check_folder, safe_name
 from pcgraph.tasks.setup import weight_optimizer
 from pcgraph.tasks.train import train
 
@@ -80,14 +85,26 @@ def flops_per_update(spec: GraphSpec, method: str) -> int:
 
 def bench(specs: list[GraphSpec], seeds: int = 3, epochs: int | None = None, data_root: str | None = None,
           device: str = "cpu", out: str | Path | None = None, methods: tuple[str, ...] = ("pc", "bp"),
-          log: Callable[[str], None] = print, progress: bool = False) -> list[BenchRow]:
+          log: Callable[[str], None] = print, progress: bool = False, force: bool = False) -> list[BenchRow]:
     """Train every spec with every method and seed; one :class:`BenchRow` per (spec, method).
-    Run folders (checkpoints, metrics) go to ``out/<spec name>/<method>-seed<k>`` (default: a
-    temporary folder, removed at the end)."""
-    rows: list[BenchRow] = []
+    Run folders (checkpoints, metrics) go to ``out/<folder>/<method>-seed<k>``, ``<folder>`` the
+    spec's name made safe by :func:`~pcgraph.tasks.paths.safe_name` (default: a temporary folder,
+    removed at the end); a folder holding a run is refused unless ``force``. See :func:`run_bench`
+    for the checks made before any training and for keeping the rows that finished."""
+    return list(run_bench(specs, seeds, epochs, data_root, device, out, methods, log, progress, force))
+
+
+def run_bench(specs: list[GraphSpec], seeds: int = 3, epochs: int | None = None, data_root: str | None = None,
+              device: str = "cpu", out: str | Path | None = None, methods: tuple[str, ...] = ("pc", "bp"),
+              log: Callable[[str], None] = print, progress: bool = False, force: bool = False):
+    """:func:`bench` one row at a time, each yielded when its seeds are done (a PC row gets its
+    ``time_ratio`` when the spec's BP row follows). Before any training it checks what every spec
+    and method will need (:func:`check`), so a spec that cannot run fails at once, not after hours
+    of the others; a failure later still leaves the rows already yielded to the caller."""
+    folders, flops = check(specs, seeds, methods, out, force)  # flops[i][method]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(out) if out is not None else Path(tmp)
-        for spec in specs:
+        for spec, folder, counted in zip(specs, folders, flops):
             by_method = {}
             for method in methods:
                 values, seconds, curves, result = [], [], [], None
@@ -95,18 +112,61 @@ def bench(specs: list[GraphSpec], seeds: int = 3, epochs: int | None = None, dat
                     seeded = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": spec.train.seed + k})})
                     log(f"{spec.name}: {method.upper()} seed {seeded.train.seed}")
                     result = train(seeded, epochs=epochs, data_root=data_root, device=device, method=method,
-                                   out=root / spec.name / f"{method}-seed{seeded.train.seed}", progress=progress, log=log)
+                                   out=root / folder / f"{method}-seed{seeded.train.seed}", progress=progress, log=log,
+                                   force=force)
                     values.append(result.best_test_metric)
                     seconds += result.epoch_seconds
                     curves.append([h[f"test_{result.metric}"] for h in result.history])
                 row = BenchRow(spec.name, method.upper(), result.metric, values, statistics.median(seconds),
-                               result.params, result.states_per_sample, flops_per_update(spec, method),
+                               result.params, result.states_per_sample, counted[method],
                                spec.data.batch_size, curves)
                 by_method[method] = row
-                rows.append(row)
-            if "pc" in by_method and "bp" in by_method:
-                by_method["pc"].time_ratio = by_method["pc"].epoch_seconds / by_method["bp"].epoch_seconds
-    return rows
+                if method == "bp" and "pc" in by_method:
+                    by_method["pc"].time_ratio = by_method["pc"].epoch_seconds / row.epoch_seconds
+                yield row
+
+
+def folder_names(specs: list[GraphSpec]) -> list[str]:
+    """Each spec's run folder under ``out``: its name made safe, distinct (``name-2``, ...)."""
+    folders: list[str] = []
+    for spec in specs:
+        name, k = safe_name(spec.name), 1
+        while name in folders:
+            k += 1
+            name = f"{safe_name(spec.name)}-{k}"
+        folders.append(name)
+    return folders
+
+
+def check(specs: list[GraphSpec], seeds: int, methods: tuple[str, ...], out: str | Path | None,
+          force: bool) -> tuple[list[str], list[dict[str, int]]]:
+    """Everything :func:`run_bench` can check before training: each spec has data and builds for
+    each method (one update on a random batch, which is also counted: the FLOPs of each row), its
+    seeds are in range, and no run folder under ``out`` holds a run (unless ``force``). Returns the
+    specs' folder names (distinct) and, per spec, the FLOPs of an update by each method."""
+    flops = []
+    for spec in specs:
+        try:
+            if spec.data is None:
+                raise SpecError("a spec needs a data section to be benchmarked", "data")
+            if spec.train.seed + seeds - 1 > SEED_MAX:
+                raise SpecError(f"seeds {spec.train.seed} to {spec.train.seed + seeds - 1} pass the largest seed "
+                                "(2**63 - 1)", "train.seed")
+            check_buildable(spec, methods)
+            flops.append({method: flops_per_update(spec, method) for method in methods})
+        except SpecError as err:  # which spec, then the paths within it
+            raise SpecError([(f"{spec.name}: {p}", m) for p, m in err.problems]) from None
+    folders = folder_names(specs)
+    if out is not None:
+        check_folder(out, "--out")
+        for spec, folder in zip(specs, folders):
+            for method in methods:
+                for k in range(seeds):
+                    run = Path(out) / folder / f"{method}-seed{spec.train.seed + k}"
+                    if not force and (run / checkpoint.FILE).is_file():
+                        raise UsageError(f"{str(run)!r} already holds a run; choose another --out folder, or pass "
+                                         "--force to replace it")
+    return folders, flops
 
 
 def _metric(row: BenchRow) -> str:
@@ -169,10 +229,10 @@ def plot(rows: list[BenchRow], path: str | Path) -> None:
 
 @torch.no_grad()
 def reconstruction_grid(spec: GraphSpec, run_root: str | Path, path: str | Path, data_root: str | None = None,
-                        count: int = 10) -> None:
+                        count: int = 10, folder: str | None = None) -> None:
     """A PNG: ``count`` test images (top row), PC's reconstruction from the inferred code
     (middle), the backprop autoencoder's (bottom), from the seed-``train.seed`` runs under
-    ``run_root/<spec name>/`` as written by :func:`bench`."""
+    ``run_root/<folder>/`` as written by :func:`bench` (default folder: ``safe_name(spec.name)``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,7 +246,7 @@ def reconstruction_grid(spec: GraphSpec, run_root: str | Path, path: str | Path,
     _, _, x, y = prepare(load_dataset(spec.data.dataset, data_root), spec.data, graph, "cpu")
     x = x[:count]
     rows = [x]
-    folder = Path(run_root) / spec.name
+    folder = Path(run_root) / (folder or safe_name(spec.name))
     for method in ("pc", "bp"):
         run = folder / f"{method}-seed{spec.train.seed}" / "model.pt"
         if not run.is_file():

@@ -7,11 +7,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pcgraph.compile import CompiledGraph
+from pcgraph.compile import CompiledGraph, compile
 from pcgraph.errors import SpecError
 from pcgraph.solver import Solver
 from pcgraph.spec import GraphSpec
 from pcgraph.tasks.objective import Backprop, Objective
+from pcgraph.tasks.setup import weight_optimizer
 
 
 class Method:
@@ -31,7 +32,7 @@ class Method:
         self.scored = task.classify and graph.acyclic and task.input_ref.neurons is None \
             and task.target_ref.neurons is None
         self.model: torch.nn.Module = graph  # what is trained, broadcast and saved
-        self.optimizer_spec = spec.learning.optimizer
+        self.optimizer_spec, self.optimizer_path = spec.learning.optimizer, "learning.optimizer"
 
     def node_energy(self) -> dict | None:
         """{node: [energy per sample at each inference step]} over the epoch so far (then reset),
@@ -92,7 +93,8 @@ class BPMethod(Method):
         self.baseline = Backprop(spec, graph).to(device)
         if self.baseline.encoder is not None:
             self.model = self.baseline
-        self.optimizer_spec = spec.bp.optimizer or spec.learning.optimizer
+        if spec.bp.optimizer is not None:
+            self.optimizer_spec, self.optimizer_path = spec.bp.optimizer, "bp.optimizer"
 
     def step(self, batch: dict, stepper, n: int) -> tuple[Tensor | None, Tensor | None]:
         predicted = self._feedforward(batch) if self.scored else None
@@ -115,6 +117,22 @@ def make_method(name: str, spec: GraphSpec, graph: CompiledGraph, task: Objectiv
     if name == "bp":
         return BPMethod(spec, graph, task, solver, device)
     return PCMethod(spec, graph, task, solver)
+
+
+def check_buildable(spec: GraphSpec, methods: tuple[str, ...] = ("pc",)) -> None:
+    """Build what training ``spec`` with each method builds, short of the data: the graph, solver,
+    objective, method and weight optimizer; raises the SpecError that training would raise.
+    Without a data section only the graph, solver and PC's weight optimizer are built."""
+    graph = compile(spec)
+    Solver.from_spec(spec)
+    weight_optimizer(spec.learning.optimizer, graph.parameters())
+    if spec.bp.optimizer is not None:
+        weight_optimizer(spec.bp.optimizer, graph.parameters(), "bp.optimizer")
+    if spec.data is not None:
+        task = Objective(spec, graph)
+        for name in methods:
+            m = make_method(name, spec, graph, task, "cpu")
+            weight_optimizer(m.optimizer_spec, m.model.parameters(), m.optimizer_path)
 
 
 def _add_traces(a: Tensor, b: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ state is the Kalman filter's posterior mean.
 
 from __future__ import annotations
 
-import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -80,9 +80,11 @@ def _precision(term: GaussianTerm, size: int) -> Tensor:
 
 
 def run_sequence(graph: CompiledGraph, observations: dict[str, Tensor], solver: Solver | None = None,
-                 prior_precision: str | None = None, optimizer: torch.optim.Optimizer | None = None) -> SequenceResult:
+                 prior_precision: str | None = None, optimizer: torch.optim.Optimizer | None = None,
+                 progress: bool = False) -> SequenceResult:
     """Filter (and with ``optimizer``, learn online) along ``observations`` {node: (T, B, *shape)}.
-    ``solver`` defaults to the spec's; ``prior_precision`` to ``spec.sequence.prior_precision``."""
+    ``solver`` defaults to the spec's; ``prior_precision`` to ``spec.sequence.prior_precision``.
+    ``progress``: a bar over the time steps on stderr, shown only when stderr is a terminal."""
     spec = graph.spec
     solver = solver or Solver.from_spec(spec, compile=False)
     mode = prior_precision or spec.sequence.prior_precision
@@ -110,7 +112,7 @@ def run_sequence(graph: CompiledGraph, observations: dict[str, Tensor], solver: 
     estimates: dict[str, list[Tensor]] = {v: [] for v in graph.nodes if v not in graph.delayed}
     predictions: dict[str, list[Tensor]] = {v: [] for v in observations}
     energy = []
-    for t in range(length.pop()):
+    for t in _steps(length.pop(), f"pc ({mode})" + (", learning" if optimizer is not None else ""), progress):
         if mode == "propagated":
             prior_precision_t = torch.linalg.inv(system.A @ P @ system.A.T + system.Q)
             graph.terms[x].set_(prior_precision_t)
@@ -128,6 +130,15 @@ def run_sequence(graph: CompiledGraph, observations: dict[str, Tensor], solver: 
             P = torch.linalg.inv(prior_precision_t + obs_information)
     return SequenceResult({v: torch.stack(xs) for v, xs in estimates.items()},
                           {v: torch.stack(ps) for v, ps in predictions.items()}, torch.stack(energy))
+
+
+def _steps(length: int, desc: str, progress: bool):
+    """range(length), through a tqdm bar on stderr (off when stderr is not a terminal, as in train)."""
+    if not progress:
+        return range(length)
+    from tqdm import tqdm
+
+    return tqdm(range(length), desc=desc, leave=False, file=sys.stderr, disable=None, unit="step")
 
 
 @torch.no_grad()
@@ -164,54 +175,38 @@ def simulate(graph: CompiledGraph, length: int, batch: int = 1, generator: torch
 
 
 def read_observations(path: str, graph: CompiledGraph) -> dict[str, Tensor]:
-    """Observations from a CSV (one row per time step, one column per value, an optional header)
-    or an .npz file (one array per observed node, or a single array), as {node: (T, 1, *shape)}."""
-    import numpy as np
+    """The observations {node: (T, 1, *shape)} of a CSV or .npz file (see :mod:`sequence_io`)."""
+    from pcgraph.tasks.sequence_io import read_sequence
 
-    observed = [v for v, n in graph.nodes.items() if n.spec.role == "observed" and v not in graph.delayed]
+    return read_sequence(path, graph)[0]
+
+
+def tracked_state(graph: CompiledGraph) -> str:
+    """The state a filter report scores: x of a linear-Gaussian graph, else the first latent node."""
     try:
-        if path.endswith(".npz"):
-            with np.load(path) as f:
-                arrays = {v: f[v] for v in observed if v in f.files}
-                if not arrays and len(f.files) == 1 and len(observed) == 1:
-                    arrays = {observed[0]: f[f.files[0]]}
-        else:
-            text = open(path).read().strip().splitlines()
-            try:
-                float(text[0].split(",")[0])
-            except ValueError:
-                text = text[1:]  # a header
-            arrays = {observed[0]: np.array([[float(c) for c in row.split(",")] for row in text if row.strip()])}
-    except (OSError, ValueError, IndexError, KeyError) as err:
-        raise SpecError(f"cannot read observations from {path!r}: {err}") from None
-    out = {}
-    for v in observed:
-        if v not in arrays:
-            raise SpecError(f"{path!r} has no observations for node {v!r}")
-        a = torch.as_tensor(arrays[v], dtype=torch.float64)
-        shape = graph.nodes[v].shape
-        if a.dim() < 1 or a[0].numel() != math.prod(shape):
-            raise SpecError(f"{path!r}: node {v!r} needs {math.prod(shape)} values per time step, "
-                            f"got rows of {a[0].numel() if a.dim() else 0}")
-        out[v] = a.reshape(len(a), 1, *shape)
-    return out
+        return linear_system(graph)[1]
+    except SpecError:
+        return next(v for v in graph.nodes if v not in graph.delayed and graph.nodes[v].spec.role != "observed")
 
 
 def filter_report(graph: CompiledGraph, observations: dict[str, Tensor], truth: dict[str, Tensor] | None,
-                  modes: list[str], solver: Solver | None = None) -> tuple[list[dict], dict[str, Tensor]]:
+                  modes: list[str], solver: Solver | None = None,
+                  progress: bool = False) -> tuple[list[dict], dict[str, Tensor]]:
     """Filter with each prior-precision mode (and, for a linear-Gaussian graph, the reference
-    Kalman filter). Rows: {method, state_rmse (with ``truth``), prediction_mse}; also the state
-    estimates by method, {method: (T, *shape)} of the first sequence."""
+    Kalman filter). Rows: {method, state_rmse (when ``truth`` holds the tracked state, see
+    :func:`tracked_state`), prediction_mse}; also the state estimates by method, {method: (T, *shape)}
+    of the first sequence. ``progress``: a bar per mode on stderr (see :func:`run_sequence`)."""
     try:
-        system, x, y = linear_system(graph)
+        system, _, y = linear_system(graph)
     except SpecError:
         system = None
+    state = tracked_state(graph)
     rows, tracks = [], {}
 
-    def row(name: str, est: Tensor | None, pred: dict[str, Tensor]) -> None:
+    def row(name: str, est: Tensor, pred: dict[str, Tensor]) -> None:
         r = {"method": name, "prediction_mse": float(sum(((pred[v] - observations[v]) ** 2).mean() for v in pred))}
-        if truth is not None and est is not None:
-            r["state_rmse"] = float(((est - truth[x if system else next(iter(truth))]) ** 2).mean().sqrt())
+        if truth is not None and state in truth:
+            r["state_rmse"] = float(((est - truth[state]) ** 2).mean().sqrt())
         rows.append(r)
 
     if system is not None:
@@ -219,8 +214,7 @@ def filter_report(graph: CompiledGraph, observations: dict[str, Tensor], truth: 
         tracks["kalman"] = kf.means
         row("kalman", kf.means[:, None], {y: (observations[y][:, 0] - kf.innovations)[:, None]})
     for mode in modes:
-        r = run_sequence(graph, observations, solver, mode)
-        state = x if system else next(v for v in r.estimates if graph.nodes[v].spec.role != "observed")
+        r = run_sequence(graph, observations, solver, mode, progress=progress)
         tracks[f"pc-{mode}"] = r.estimates[state][:, 0]
         row(f"pc ({mode})", r.estimates[state], r.predictions)
     return rows, tracks

@@ -75,8 +75,9 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def weight_optimizer(spec: WeightOptimizerSpec, params) -> torch.optim.Optimizer:
-    """Build the spec's torch.optim optimizer over ``params``."""
+def weight_optimizer(spec: WeightOptimizerSpec, params, path: str = "learning.optimizer") -> torch.optim.Optimizer:
+    """Build the spec's torch.optim optimizer over ``params``; a SpecError at ``path`` (where the
+    spec holds it) when torch refuses its options."""
     cls = weight_optimizer_class(spec.kind)
     options = dict(spec.options)
     accepts = inspect.signature(cls).parameters
@@ -87,8 +88,8 @@ def weight_optimizer(spec: WeightOptimizerSpec, params) -> torch.optim.Optimizer
     if "weight_decay" in accepts:
         options["weight_decay"] = spec.weight_decay
     elif spec.weight_decay:
-        raise SpecError(f"{cls.__name__} has no weight decay; remove weight_decay", "learning.optimizer.weight_decay")
+        raise SpecError(f"{cls.__name__} has no weight decay; remove weight_decay", f"{path}.weight_decay")
     try:
         return cls(params, lr=spec.lr, **options)
     except (TypeError, ValueError) as err:
-        raise SpecError(f"{cls.__name__} rejected these options: {err}", "learning.optimizer.options") from None
+        raise SpecError(f"{cls.__name__} rejected these options: {err}", f"{path}.options") from None

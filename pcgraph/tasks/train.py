@@ -27,6 +27,7 @@ from pcgraph.tasks import checkpoint, distributed
 from pcgraph.tasks.interrupt import StopOnSignal, progress_bar
 from pcgraph.tasks.methods import Method, make_method
 from pcgraph.tasks.objective import Objective
+from pcgraph.tasks.paths import check_folder
 from pcgraph.tasks.setup import lr_schedule as lr_schedule
 from pcgraph.tasks.setup import prepare as prepare
 from pcgraph.tasks.setup import resolve_device as resolve_device
@@ -135,6 +136,7 @@ def _claim_folder(out: Path, resume: str | Path | None, force: bool) -> None:
     ``force``: then its run files go. Resuming the run in ``out`` itself is not a new run."""
     if resume is not None and out.resolve() == Path(resume).resolve():
         return
+    check_folder(out, "--out")  # a file, or nowhere this process can write: before any work
     held = [name for name in RUN_FILES if (out / name).is_file()]
     if not held:
         return
@@ -230,7 +232,7 @@ def setup_run(ctx: distributed.Context, spec, epochs, data_root, device, out, pr
     graph = compile(spec).to(dev)
     task = Objective(spec, graph)
     m = make_method(method, spec, graph, task, dev)
-    optimizer = weight_optimizer(m.optimizer_spec, m.model.parameters())
+    optimizer = weight_optimizer(m.optimizer_spec, m.model.parameters(), m.optimizer_path)
     d = spec.data
     data = load_dataset(d.dataset, data_root)
     if data.source != "embedded":

@@ -84,3 +84,62 @@ def test_cli_bench_bad_input_is_one_line_exit_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_spec_that_cannot_run_fails_before_any_training(tmp_path, capsys):
+    """digits_fc is cyclic: no backprop baseline. Found before digits_mlp's runs, not after them."""
+    out = tmp_path / "runs"
+    assert main(["bench", "specs/digits_mlp.yaml", "specs/digits_fc.yaml", "--seeds", "1", "--epochs", "1",
+                 "--no-progress", "--out", str(out), "--markdown", str(tmp_path / "t.md")]) == 2
+    captured = capsys.readouterr()
+    assert "digits-fc: graph.edges: backprop needs a feedforward pass" in captured.err
+    assert "seed" not in captured.out and not out.exists() and not (tmp_path / "t.md").exists()
+
+
+def test_rows_that_finished_are_written_when_a_later_run_fails(tmp_path, monkeypatch, capsys):
+    from pcgraph.errors import DivergenceError
+
+    real = bench.train
+
+    def second_spec_diverges(spec, **kw):
+        if spec.name == "second":
+            raise DivergenceError("energy became inf")
+        return real(spec, **kw)
+
+    monkeypatch.setattr(bench, "train", second_spec_diverges)
+    second = tmp_path / "second.yaml"
+    second.write_text(pcgraph.load_spec("specs/digits_mlp.yaml").to_yaml().replace("name: digits-mlp", "name: second"))
+    md = tmp_path / "t.md"
+    assert main(["bench", "specs/digits_mlp.yaml", str(second), "--seeds", "1", "--epochs", "1", "--methods", "bp",
+                 "--no-progress", "--markdown", str(md)]) == 1
+    assert "| digits-mlp | BP |" in md.read_text() and "second" not in md.read_text()
+    assert "1 of 2 rows finished" in capsys.readouterr().out
+
+
+def test_spec_names_cannot_leave_the_out_folder(tmp_path):
+    spec = pcgraph.load_spec("specs/digits_mlp.yaml")
+    specs = [spec.model_copy(update={"name": name}) for name in ("../../escape", "/abs/path", "..", "a b")]
+    assert bench.folder_names(specs) == ["escape", "abs_path", "spec", "a_b"]
+    assert bench.folder_names([spec, spec]) == ["digits-mlp", "digits-mlp-2"]
+    out = tmp_path / "deep" / "runs"
+    bench.bench(specs[:1], seeds=1, epochs=1, out=out, methods=("bp",), log=lambda s: None)
+    assert (out / "escape" / "bp-seed0" / "model.pt").is_file() and not (tmp_path / "escape").exists()
+
+
+@pytest.mark.parametrize("option", ["--markdown", "--plot"])
+def test_output_paths_are_checked_before_training(tmp_path, capsys, option):
+    base = ["bench", "specs/digits_mlp.yaml", "--seeds", "1", "--epochs", "1", "--methods", "bp", "--no-progress"]
+    assert main([*base, option, str(tmp_path / "missing" / "t.out")]) == 2
+    (tmp_path / "t.out").write_text("earlier results")
+    assert main([*base, option, str(tmp_path / "t.out")]) == 2  # not replaced unasked
+    err = capsys.readouterr()
+    assert "does not exist" in err.err and "pass --force" in err.err and "seed" not in err.out
+    assert (tmp_path / "t.out").read_text() == "earlier results"
+
+
+def test_out_folder_holding_runs_is_refused_unless_forced(tmp_path, capsys):
+    argv = ["bench", "specs/digits_mlp.yaml", "--seeds", "1", "--epochs", "1", "--methods", "bp", "--no-progress",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert main(argv) == 2 and "already holds a run" in capsys.readouterr().err
+    assert main([*argv, "--force"]) == 0

@@ -3,12 +3,13 @@ conditioning in tests/test_kalman.py), and online learning of A, C and the measu
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 import pcgraph
 from pcgraph.cli import main
-from pcgraph.errors import SpecError
+from pcgraph.errors import SpecError, UsageError
 from pcgraph.kalman import LinearGaussian, kalman_filter
 from pcgraph.tasks.sequence import linear_system, run_sequence, simulate
 from tests.test_kalman import random_system
@@ -186,3 +187,109 @@ def test_filter_cli_reads_csv_and_refuses_graphs_without_time(tmp_path, capsys):
     assert out["steps"] == 12 and all("state_rmse" not in r for r in out["rows"])
     assert main(["filter", "specs/digits_mlp.yaml"]) == 2
     assert "no delayed edge" in capsys.readouterr().err
+
+
+# --- the filter's files: the input sequence (observations, true states) and the estimates written out
+
+
+def tracking_graph():
+    return pcgraph.compile(pcgraph.load_spec("specs/kalman_tracking.yaml"), dtype=f64)
+
+
+def test_read_sequence_places_named_columns_in_any_order_positional_ones_and_npz_arrays(tmp_path):
+    from pcgraph.tasks.sequence_io import read_sequence
+
+    graph = tracking_graph()
+    g = torch.Generator().manual_seed(0)
+    y, x = torch.randn(7, 2, generator=g, dtype=f64), torch.randn(7, 4, generator=g, dtype=f64)
+
+    def cells(row):
+        return ",".join(map(repr, row))
+
+    named = tmp_path / "named.csv"  # states first, 1-based indices, y written y[0], y[1]
+    named.write_text("x1,x2,x3,x4,y[0],y[1]\n" + "\n".join(cells(r) for r in torch.cat([x, y], 1).tolist()))
+    positional = tmp_path / "positional.csv"  # no header: observations, then the states
+    positional.write_text("\n".join(cells(r) for r in torch.cat([y, x], 1).tolist()) + "\n\n")
+    arrays = tmp_path / "arrays.npz"
+    np.savez(arrays, y=y.numpy(), x=x.numpy())
+    for path in (named, positional, arrays):
+        obs, truth = read_sequence(str(path), graph)
+        assert torch.equal(obs["y"], y[:, None]) and torch.equal(truth["x"], x[:, None]), path
+    only_y = tmp_path / "y.csv"
+    only_y.write_text("a,b\n" + "\n".join(cells(r) for r in y.tolist()))  # names that are no node's: by position
+    obs, truth = read_sequence(str(only_y), graph)
+    assert torch.equal(obs["y"], y[:, None]) and truth is None
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("header.csv", "y0,y1\n", "has a header but no data rows"),
+    ("empty.csv", "\n", "is empty"),
+    ("ragged.csv", "1,2\n3\n", "line 2: 1 values, the first row has 2"),
+    ("words.csv", "1,2\n3,four\n", "line 2"),
+    ("width.csv", "1,2,3\n", "rows of 3 values; expected 2 .* or 6"),
+    ("partial.csv", "y0,y1,x0,x1\n1,2,3,4\n", "node 'x' has 4 values per step"),
+    ("plain.csv", "y0,y1,x\n1,2,3\n", "name its columns x0 ... x3"),
+    ("garbage.npz", "not a zip", "not an .npz archive"),
+])
+def test_read_sequence_errors_name_the_file(tmp_path, name, text, message):
+    from pcgraph.tasks.sequence_io import read_sequence
+
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(SpecError, match=message) as err:
+        read_sequence(str(path), tracking_graph())
+    assert name in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+def test_read_sequence_refuses_true_states_of_another_length(tmp_path):
+    from pcgraph.tasks.sequence_io import read_sequence
+
+    path = tmp_path / "s.npz"
+    np.savez(path, y=np.zeros((5, 2)), x=np.zeros((4, 4)))
+    with pytest.raises(SpecError, match="number of time steps"):
+        read_sequence(str(path), tracking_graph())
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npz"])
+def test_written_estimates_read_back_exactly(tmp_path, suffix):
+    from pcgraph.tasks.sequence_io import estimate_table, write_estimates
+
+    g = torch.Generator().manual_seed(1)
+    y, x = torch.randn(6, 1, 2, generator=g, dtype=f64), torch.randn(6, 1, 4, generator=g, dtype=f64)
+    tracks = {"kalman": torch.randn(6, 4, generator=g, dtype=f64), "pc-steady_state": torch.randn(6, 4, generator=g, dtype=f64)}
+    path = tmp_path / f"est{suffix}"
+    write_estimates(str(path), estimate_table("x", tracks, {"y": y}, {"x": x}), force=False)
+    if suffix == ".npz":
+        with np.load(path) as f:
+            back = {k: torch.as_tensor(f[k]) for k in f.files}
+    else:
+        lines = path.read_text().splitlines()
+        values = torch.tensor([[float(c) for c in line.split(",")] for line in lines[1:]], dtype=f64)
+        header = lines[0].split(",")
+        assert header == ["y0", "y1"] + [f"{n}{i}" for n in ("x", "kalman_x", "pc_steady_state_x") for i in range(4)]
+        back = {"y": values[:, :2], "x": values[:, 2:6], "kalman_x": values[:, 6:10], "pc_steady_state_x": values[:, 10:]}
+    expected = {"y": y[:, 0], "x": x[:, 0], "kalman_x": tracks["kalman"], "pc_steady_state_x": tracks["pc-steady_state"]}
+    assert set(back) == set(expected)
+    for k, v in expected.items():
+        assert torch.equal(back[k], v), k  # full precision: not a digit lost
+    with pytest.raises(UsageError, match="exists; pass --force"):
+        write_estimates(str(path), {"y": y[:, 0].numpy()}, force=False)
+    write_estimates(str(path), {"y": y[:, 0].numpy()}, force=True)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def test_check_output_tries_a_real_write_in_the_folder(tmp_path, monkeypatch):
+    """Permission bits do not tell (root writes anywhere; read-only mounts): the check writes a probe."""
+    import tempfile
+
+    from pcgraph.tasks.sequence_io import check_output
+
+    check_output(str(tmp_path / "fine.csv"), force=False)
+    assert list(tmp_path.iterdir()) == []  # the probe is gone
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(UsageError, match="cannot write in .*Permission denied"):
+        check_output(str(tmp_path / "e.npz"), force=False)

@@ -13,6 +13,12 @@ networkx generator function (``networkx.generators``, and the bipartite ones as
 ``complete_bipartite_graph`` or ``bipartite.random_graph``); their arguments come from the spec
 as plain data. ``n`` (the vertex count) and ``seed`` are filled in when the generator takes them;
 a bipartite generator gets its two part sizes (``n1, n2`` or ``n, m``).
+
+Listed order (of a sparse op's ``weight`` values and ``SparseLinear.listed_connections``): an
+``edges`` list as listed; a graph (networkx or registered) in its ``G.edges()`` order, an undirected
+edge {u, v} giving u -> v then v -> u (between two nodes only its source -> target one); a tensor's
+columns in order. Loops not asked for are left out, a repeat keeps its first place.
+:func:`connections` sorts them by target, then source (the module's storage order).
 """
 
 from __future__ import annotations
@@ -103,6 +109,14 @@ def connections(edges: list | None, generator: str | None, args: dict, seed: int
                 n_source: int, n_target: int, same_node: bool) -> tuple[Tensor, Tensor]:
     """(source index, target index), sorted by target then source, no repeats. SpecErrors name
     the op's field (``edges[3]``, ``args``, ``generator``) relative to the op."""
+    listed = listed_connections(edges, generator, args, seed, self_loops, n_source, n_target, same_node)
+    return tuple(_sorted(*listed, n_source))
+
+
+def listed_connections(edges: list | None, generator: str | None, args: dict, seed: int, self_loops: bool,
+                       n_source: int, n_target: int, same_node: bool) -> tuple[Tensor, Tensor]:
+    """(source index, target index) in the listed order (module docstring), no repeats; the
+    arguments and SpecErrors are those of :func:`connections`."""
     if edges is not None:
         pairs = _from_list(edges, self_loops or not same_node, n_source, n_target)
     else:
@@ -127,8 +141,7 @@ def _from_list(edges: list, self_loops: bool, n_source: int, n_target: int) -> T
         if (j, i) in seen:
             raise SpecError(f"[{j}, {i}] repeats edges[{seen[j, i]}]", f"edges[{k}]")
         seen[j, i] = k
-    pairs = torch.tensor(list(seen), dtype=torch.long).reshape(-1, 2).T
-    return _sorted(pairs[0], pairs[1], n_source)
+    return torch.tensor(list(seen), dtype=torch.long).reshape(-1, 2).T  # as listed
 
 
 @functools.lru_cache(maxsize=2)  # param_count and build both ask for it; build then forgets it
@@ -184,15 +197,15 @@ def _generate(name: str, args: tuple, seed: int, self_loops: bool, n_source: int
     index = {v: k for k, v in enumerate(out.nodes)}
     uv = torch.tensor([(index[u], index[v]) for u, v in out.edges()], dtype=torch.long).reshape(-1, 2).T
     u, v = uv[0], uv[1]
-    if not out.is_directed():  # both directions
-        u, v = torch.cat([u, v]), torch.cat([v, u])
+    if not out.is_directed():  # both directions, u -> v then v -> u for each edge
+        u, v = torch.stack([u, v], 1).reshape(-1), torch.stack([v, u], 1).reshape(-1)
     if square:
         keep = (u != v) | self_loops
     else:  # edges between the parts, oriented source -> target
         u, v = torch.where(u < n_source, u, v), torch.where(u < n_source, v, u)
         keep = (u < n_source) & (v >= n_source)
         v = v - n_source
-    return _sorted(u[keep], v[keep], n_source)
+    return _first_occurrences(u[keep], v[keep], n_source)
 
 
 NETWORKX_MAX_EDGES = 5_000_000  # networkx keeps ~0.3 kB per edge in Python dicts
@@ -262,12 +275,23 @@ def _check_pairs(pairs: Tensor, name: str, self_loops: bool, n_source: int, n_ta
         raise SpecError(f"topology {name!r} returned a neuron index out of range", "generator")
     if not self_loops:
         pairs = pairs[:, pairs[0] != pairs[1]]
-    return _sorted(pairs[0], pairs[1], n_source)
+    return _first_occurrences(pairs[0], pairs[1], n_source)
 
 
 def _sorted(src: Tensor, dst: Tensor, n_source: int) -> Tensor:
     key = torch.unique(dst * n_source + src)  # sorted by target, then source; repeats merged
     return torch.stack([key % n_source, key // n_source])
+
+
+def _first_occurrences(src: Tensor, dst: Tensor, n_source: int) -> Tensor:
+    """The pairs in their given order, each repeat dropped after its first occurrence (O(E log E))."""
+    key = dst * n_source + src
+    unique, which = torch.unique(key, return_inverse=True)
+    if len(unique) == len(key):
+        return torch.stack([src, dst])
+    first = torch.full((len(unique),), len(key)).scatter_reduce_(0, which, torch.arange(len(key)), "amin")
+    keep = first.sort().values
+    return torch.stack([src[keep], dst[keep]])
 
 
 def _frozen(value):

@@ -47,9 +47,15 @@ def _crow(rows: Tensor, n: int) -> Tensor:
 class SparseLinear(MessagePassing, OpModule):
     r"""mu_i = \sum_{j \to i} w_{ij} x_j + b_i, one weight per connection, batched over samples.
 
-    ``src`` and ``dst`` (sorted by target, then source, no repeats) are the connections; the
-    weights are stored in that order. Learning changes exactly these weights: there is no
-    weight for an absent connection.
+    ``src`` and ``dst`` are the connections j -> i in the *listed order* (a spec's ``edges`` list
+    as listed, a generator's as :mod:`pcgraph.topology` defines; no repeats). Learning changes
+    exactly these weights: there is no weight for an absent connection.
+
+    Storage is sorted by target, then source (``edge_index``, ``weight``: the CSR order, for
+    speed). In the listed order: :meth:`listed_connections` gives row k = [j_k, i_k],
+    :meth:`listed_weights` gives w_k (a copy) and :meth:`set_listed_weights` sets them, so
+    ``listed_weights()[k]`` is the weight of ``listed_connections()[k]``. ``listed_position[s]``
+    is the listed place of stored connection s.
     """
 
     propagate_type = {"x": Tensor, "edge_weight": Tensor | None}  # both paths' arguments
@@ -59,6 +65,12 @@ class SparseLinear(MessagePassing, OpModule):
                  init: str = "fan_in"):
         super().__init__(aggr="add", node_dim=0)
         self.n_source, self.n_target = n_source, n_target
+        listed = torch.argsort(dst * n_source + src, stable=True)  # stored s <- listed listed[s]
+        src, dst = src[listed], dst[listed]
+        key = dst * n_source + src
+        if bool((key[1:] == key[:-1]).any()):
+            raise ValueError("a connection is repeated: give each (source, target) pair once")
+        self.register_buffer("listed_position", listed, persistent=False)  # from the spec: not saved
         self.register_buffer("edge_index", torch.stack([src, dst]))  # saved: checked when loaded
         self.register_buffer("crow", _crow(dst, n_target), persistent=False)  # derived: not saved
         t = torch.argsort(src * n_target + dst)  # the transpose's CSR order
@@ -82,7 +94,31 @@ class SparseLinear(MessagePassing, OpModule):
         self._transposed = None
 
     def connections(self) -> tuple[Tensor, Tensor]:
+        """(source, target) neuron indices in the storage order (sorted by target, then source)."""
         return self.edge_index[0], self.edge_index[1]
+
+    def listed_connections(self) -> Tensor:
+        """(E, 2): row k is [source neuron j_k, target neuron i_k] of the k-th listed connection."""
+        out = torch.empty_like(self.edge_index.T)
+        out[self.listed_position] = self.edge_index.T
+        return out
+
+    def listed_weights(self) -> Tensor:
+        """(E,): w_k, the weight of ``listed_connections()[k]`` (a detached copy)."""
+        out = torch.empty_like(self.weight.detach())
+        out[self.listed_position] = self.weight.detach()
+        return out
+
+    def set_listed_weights(self, values) -> None:
+        """Set w_k for every listed connection k (``values``: E finite numbers, a list or a
+        tensor), in place and without rounding beyond the module's dtype."""
+        w = torch.as_tensor(values, dtype=self.weight.dtype, device=self.weight.device)
+        if w.shape != self.weight.shape:
+            raise ValueError(f"expected {len(self.weight)} weights (one per connection), got shape {list(w.shape)}")
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError("the weights must be finite numbers (got inf or nan)")
+        with torch.no_grad():
+            self.weight.copy_(w[self.listed_position])
 
     def adjacency_t(self) -> Tensor:
         """A^T in CSR form, cached within a relaxation and rebuilt when the weights may have

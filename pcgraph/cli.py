@@ -36,8 +36,8 @@ def cmd_validate(args) -> int:
 
     spec, graph = _graph(args)
     check_buildable(spec)  # the solver, objective and weight optimizer, as train builds them
-    print(f"{args.spec}: valid ({len(graph.nodes)} nodes, {len(graph.edges)} edges, "
-          f"{graph.num_params():,} parameters)")
+    print(f"{args.spec}: valid ({_count(len(graph.nodes), 'node')}, {_count(len(graph.edges), 'edge')}, "
+          f"{_count(graph.num_params(), 'parameter')})")
     return 0
 
 
@@ -69,7 +69,8 @@ def cmd_show(args) -> int:
 
         with contextlib.suppress(SpecError):
             inferred = Objective(spec, graph).states_per_sample(graph)
-    print(f"total: {len(graph.nodes)} nodes, {len(graph.edges)} edges, {graph.num_params():,} parameters, "
+    print(f"total: {_count(len(graph.nodes), 'node')}, {_count(len(graph.edges), 'edge')}, "
+          f"{_count(graph.num_params(), 'parameter')}, "
           f"{inferred:,} inferred states per sample")
     bp_params = graph.num_params()
     if spec.bp.encoder is not None:
@@ -326,6 +327,11 @@ def _data_batch(spec, graph, args, dtype):
     return batch
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 node``, ``2 nodes``, ``1,024 parameters``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _check_file(path: str | None, option: str, force: bool) -> None:
     """An output file named on the command line can be written, and replaces nothing unasked."""
     if path:
@@ -500,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except Interrupted as err:
         print(f"pcgraph: {err}", file=sys.stderr)
-        return 130
+        return 128 + err.signum  # 130 for SIGINT, 143 for SIGTERM
     except DivergenceError as err:
         print(f"pcgraph: diverged: {err}", file=sys.stderr)
         return 1

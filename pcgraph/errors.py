@@ -57,7 +57,12 @@ _PLAIN = re.compile(r"[^\W\d][\w-]*")
 
 
 class Interrupted(PCGraphError):
-    """Training stopped on SIGINT/SIGTERM after finishing a batch; the message says how to resume."""
+    """Training stopped on SIGINT/SIGTERM after finishing a batch; the message says how to resume.
+    ``signum`` is the signal; the command line exits with 128 + signum (130, 143), as a shell does."""
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 class PCGraphWarning(UserWarning):

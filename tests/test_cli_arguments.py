@@ -66,3 +66,20 @@ def test_train_out_that_is_a_file_is_refused_before_training(tmp_path, capsys):
     afile.write_text("mine")
     assert main(["train", DIGITS, "--no-progress", "--out", str(afile)]) == 2
     assert "is a file" in one_line(capsys) and afile.read_text() == "mine"
+
+
+def test_counts_read_as_english(tmp_path, capsys):
+    spec = tmp_path / "one.yaml"
+    spec.write_text("name: one\ngraph:\n  nodes: {x: {shape: 1, role: observed}, y: {shape: 1, role: observed}}\n"
+                    "  edges: [{from: x, to: y, fn: [{kind: linear, bias: false}]}]\n")
+    assert main(["validate", str(spec)]) == 0
+    assert capsys.readouterr().out.strip().endswith("valid (2 nodes, 1 edge, 1 parameter)")
+
+
+def test_a_single_seed_shows_no_spread():
+    from pcgraph.tasks.bench import BenchRow, table
+
+    rows = [BenchRow("s", "PC", "accuracy", [0.9], 1.0, 10, 3, 100, 1),
+            BenchRow("s", "PC", "accuracy", [0.9, 0.8], 1.0, 10, 3, 100, 1),
+            BenchRow("s", "PC", "mse", [0.0042], 1.0, 10, 3, 100, 1)]
+    assert [cells[2] for cells in table(rows)] == ["acc 90.00%", "acc 85.00% ± 7.07", "MSE 4.20e-3"]

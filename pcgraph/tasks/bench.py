@@ -170,9 +170,11 @@ def check(specs: list[GraphSpec], seeds: int, methods: tuple[str, ...], out: str
 
 
 def _metric(row: BenchRow) -> str:
+    """mean ± std over the seeds; one seed has no spread to show."""
+    one = len(row.values) == 1
     if row.metric == "accuracy":
-        return f"{100 * row.mean:.2f}% ± {100 * row.std:.2f}"
-    return f"({row.mean * 1e3:.2f} ± {row.std * 1e3:.2f})e-3"
+        return f"{100 * row.mean:.2f}%" + ("" if one else f" ± {100 * row.std:.2f}")
+    return f"{row.mean * 1e3:.2f}e-3" if one else f"({row.mean * 1e3:.2f} ± {row.std * 1e3:.2f})e-3"
 
 
 def table(rows: list[BenchRow]) -> list[tuple[str, ...]]:

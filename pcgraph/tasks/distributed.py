@@ -237,7 +237,7 @@ def launch(fn, nproc: int, dev: torch.device, kwargs: dict, grace: float = 10.0)
     reports: list[tuple] = []
     for p in procs:
         p.start()
-    with _passing_signals(procs):  # after the start: a child must not inherit an ignored SIGINT
+    with _passing_signals(procs) as caught:  # after the start: a child must not inherit an ignored SIGINT
         first_failure = None
         while len(reports) < nproc:
             try:
@@ -268,26 +268,32 @@ def launch(fn, nproc: int, dev: torch.device, kwargs: dict, grace: float = 10.0)
         cls, message = errors.Interrupted, "interrupted"
     if not (isinstance(cls, type) and issubclass(cls, errors.PCGraphError)):
         cls, message = errors.WorkerError, f"rank {rank} failed: {name}: {message.splitlines()[0]}"
-    raise cls(message)
+    raise cls(message, caught["signum"]) if cls is errors.Interrupted else cls(message)
 
 
 @contextlib.contextmanager
 def _passing_signals(procs):
     """While the workers run: SIGINT (already delivered to them by the terminal) is ignored
-    here; SIGTERM is passed on, so they save and stop as a single process would."""
+    here; SIGTERM is passed on, so they save and stop as a single process would. Yields
+    ``{"signum": ...}``, the last signal that came (SIGINT if none)."""
+    caught = {"signum": signal.SIGINT}
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield caught
         return
 
+    def note(signum, frame):
+        caught["signum"] = signum
+
     def forward(signum, frame):
+        note(signum, frame)
         for p in procs:
             if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, signal.SIGTERM)
 
-    old = {signal.SIGINT: signal.signal(signal.SIGINT, lambda signum, frame: None),
+    old = {signal.SIGINT: signal.signal(signal.SIGINT, note),
            signal.SIGTERM: signal.signal(signal.SIGTERM, forward)}
     try:
-        yield
+        yield caught
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)

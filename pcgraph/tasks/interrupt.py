@@ -8,14 +8,16 @@ import threading
 
 
 class StopOnSignal:
-    """Within the block, SIGINT/SIGTERM only set ``requested``: the loop stops at a batch boundary."""
+    """Within the block, SIGINT/SIGTERM only set ``requested`` (and ``signum``, the signal that
+    came): the loop stops at a batch boundary."""
 
     def __init__(self):
         self.requested = False
+        self.signum = signal.SIGINT  # what a stop another rank asked for counts as
         self._old: dict = {}
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.requested, self.signum = True, signal.Signals(signum)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

@@ -397,19 +397,19 @@ def _train_batches(run: RunSetup, epoch: int, stop: StopOnSignal) -> tuple[Tenso
                 raise type(err)(f"epoch {epoch}, batch {i // size + 1}: {err}") from None
             skipped += 1
         if stepper.stop if reducing else stop.requested:  # the same batch on every rank
-            _interrupt(run, epoch, i + size, ctx.sum([float(energy), float(correct), seen]), skipped)
+            _interrupt(run, epoch, i + size, ctx.sum([float(energy), float(correct), seen]), skipped, stop.signum)
     return energy, correct, seen, skipped
 
 
-def _interrupt(run: RunSetup, epoch: int, position: int, sums: list[float], skipped: int) -> None:
+def _interrupt(run: RunSetup, epoch: int, position: int, sums: list[float], skipped: int, signum: int) -> None:
     """Stop mid-epoch: save a checkpoint at ``position`` with the epoch's global ``sums`` so far."""
     e, c, n = sums
     partial = {"energy": e, "correct": int(c), "seen": int(n), "skipped": skipped}
     if run.out is not None:
         if run.folder is not None:
             checkpoint.save(run.folder, run.snapshot(epoch - 1, position, run.perm, partial))
-        raise Interrupted(f"interrupted in epoch {epoch}; resume with: pcgraph train --resume {run.out}")
-    raise Interrupted(f"interrupted in epoch {epoch}; nothing saved (no --out given)")
+        raise Interrupted(f"interrupted in epoch {epoch}; resume with: pcgraph train --resume {run.out}", signum)
+    raise Interrupted(f"interrupted in epoch {epoch}; nothing saved (no --out given)", signum)
 
 
 def _quiet(line: str) -> None:

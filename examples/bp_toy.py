@@ -1,6 +1,6 @@
 """The notes' two-parameter toy: PC energy landscapes against the backprop loss.
 
-    python examples/bp_toy.py [--grid 21] [--out bp_toy.png]
+    python examples/bp_toy.py [--grid 21] [--out examples/bp_toy.png]
 
 Model y = th1 * tanh(th0 * tanh(x)), 100 points x on [-2, 2], targets made by th* = (1, 2). As a
 PC graph: x (clamped) -> h with mu_h = th0 tanh(x), h -> y (clamped) with mu_y = th1 tanh(h) and
@@ -14,6 +14,8 @@ BP) and prints the mean cosine between PC and BP gradient directions over the gr
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
@@ -44,7 +46,7 @@ def set_theta(graph: pcgraph.CompiledGraph, th0: float, th1: float) -> None:
         graph.edges[1].pipeline[1].weight.fill_(th1)
 
 
-def landscape(ks=(1.0, 5.0, 50.0), grid: int = 31):
+def landscape(ks=(1.0, 5.0, 50.0), grid: int = 31, log=lambda line: None):
     """Energies and gradients on the grid: {"theta": (grid,), "bp": (loss, grad), k: (energy, grad),
     "cosine": {k: mean cosine between PC and BP gradient directions}}."""
     batch = data()
@@ -63,7 +65,8 @@ def landscape(ks=(1.0, 5.0, 50.0), grid: int = 31):
             bp_grad[i, j] = torch.stack([g["edges.0.pipeline.1.weight"].sum(), g["edges.1.pipeline.1.weight"].sum()])
     out["bp"] = (loss, bp_grad)
     out["cosine"] = {}
-    for k in ks:
+    for n, k in enumerate(ks, 1):
+        log(f"relaxing PC on the {grid} x {grid} grid for output variance k = {k:g} ({n} of {len(ks)})")
         graph = toy_graph(k)
         energy, grad = torch.zeros(grid, grid, dtype=torch.float64), torch.zeros(grid, grid, 2, dtype=torch.float64)
         for i, th1 in enumerate(thetas):
@@ -106,9 +109,9 @@ def plot(result, path: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--grid", type=int, default=21, help="grid points per axis")
-    p.add_argument("--out", default="bp_toy.png")
+    p.add_argument("--out", default=str(Path(__file__).with_name("bp_toy.png")), help="PNG (default: next to this script)")
     args = p.parse_args()
-    result = landscape(grid=args.grid)
+    result = landscape(grid=args.grid, log=lambda line: print(line, file=sys.stderr, flush=True))
     plot(result, args.out)
     for k, c in result["cosine"].items():
         print(f"output variance k = {k:g}: mean cosine(PC gradient, BP gradient) over the grid = {c:.4f}")

@@ -83,3 +83,11 @@ def test_a_single_seed_shows_no_spread():
             BenchRow("s", "PC", "accuracy", [0.9, 0.8], 1.0, 10, 3, 100, 1),
             BenchRow("s", "PC", "mse", [0.0042], 1.0, 10, 3, 100, 1)]
     assert [cells[2] for cells in table(rows)] == ["acc 90.00%", "acc 85.00% ± 7.07", "MSE 4.20e-3"]
+
+
+def test_a_weight_optimizer_argument_beside_kind_says_where_it_goes(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SMALL_SPEC + "learning: {optimizer: {kind: sgd, lr: 0.1, momentum: 0.9}}\n")
+    assert main(["validate", str(spec)]) == 2
+    assert "learning.optimizer: unknown field(s) momentum; the torch.optim class's own arguments go under " \
+        "options: {momentum: 0.9}" in one_line(capsys)

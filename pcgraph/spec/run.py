@@ -15,6 +15,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from pcgraph.spec.graph import EdgeSpec, ScheduleField, UpdateField, VariantField, _Strict, _Tagged, _tagged
 from pcgraph.updates import Relaxed
@@ -124,6 +125,19 @@ class WeightOptimizerSpec(_Strict):
     def _known(cls, v: str) -> str:
         weight_optimizer_class(v)  # raises ValueError naming the known ones
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arguments_go_in_options(cls, data: Any) -> Any:
+        """`momentum: 0.9` beside `kind` (as the state optimizer takes it): say where it belongs."""
+        if isinstance(data, dict):
+            stray = [k for k in data if isinstance(k, str) and k not in cls.model_fields]
+            if stray:
+                moved = "{" + ", ".join(f"{k}: {data[k]!r}" for k in stray) + "}"
+                raise PydanticCustomError("weight_options", "unknown field(s) {stray}; the torch.optim class's "
+                                          "own arguments go under options: {moved}",
+                                          {"stray": ", ".join(stray), "moved": moved})
+        return data
 
 
 class LearningSpec(_Strict):

@@ -20,7 +20,7 @@ from pcgraph.energies import Energy, Term, register_energy
 from pcgraph.errors import DataError, DivergenceError, PCGraphError, PCGraphWarning, SpecError, UsageError
 from pcgraph.ops import Op, OpModule, register_op
 from pcgraph.precision import Schedule, register_schedule
-from pcgraph.solver import Clamp, Relaxation, Solver, StateAdam, StateSGD
+from pcgraph.solver import Clamp, Relaxation, Solver, StateAdam, StateSGD, parameter_names
 from pcgraph.spec import GraphSpec, json_schema, load_spec, spec_from_dict, spec_from_yaml
 from pcgraph.tasks import BPCheck, TrainResult, bp_gradients, evaluate, train, verify_bp
 from pcgraph.tasks.checkpoint import load
@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     # the pipeline: spec -> compile -> solve
     "Graph", "GraphSpec", "load_spec", "spec_from_dict", "spec_from_yaml", "json_schema",
-    "compile", "CompiledGraph", "Solver", "Relaxation", "Clamp", "StateSGD", "StateAdam",
+    "compile", "CompiledGraph", "Solver", "Relaxation", "Clamp", "StateSGD", "StateAdam", "parameter_names",
     # extension points
     "Op", "OpModule", "register_op", "Energy", "Term", "register_energy", "Variant", "register_variant",
     "WeightUpdate", "register_update", "Schedule", "register_schedule", "register_topology",

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from pcgraph.compiled import CompiledGraph, Edge, Node, States, combine, edge_forward
-from pcgraph.errors import SpecError
+from pcgraph.errors import SpecError, UsageError
 from pcgraph.ops import Op, adopt
 from pcgraph.ops.activation import ScaleModule
 from pcgraph.spec import GraphSpec, NodeSpec
+from pcgraph.spec.problems import cycle_problems, role_problems
 
 __all__ = ["CompiledGraph", "Edge", "Node", "States", "build_edge", "combine", "compile", "edge_forward",
            "max_bytes_default"]
@@ -27,8 +28,27 @@ __all__ = ["CompiledGraph", "Edge", "Node", "States", "build_edge", "combine", "
 
 
 def max_bytes_default() -> int:
-    """The memory limit of :func:`compile`: $PCGRAPH_MAX_BYTES, else 8 GiB."""
-    return int(float(os.environ.get("PCGRAPH_MAX_BYTES", 8 * 2**30)))
+    """The memory limit of :func:`compile`: $PCGRAPH_MAX_BYTES (a positive number of bytes, ``8e9``
+    allowed), else 8 GiB. A value that is not one raises :class:`UsageError` naming the variable."""
+    text = os.environ.get("PCGRAPH_MAX_BYTES")
+    if text is None:
+        return 8 * 2**30
+    try:
+        limit = float(text)
+    except ValueError:
+        limit = math.nan
+    if not (math.isfinite(limit) and limit >= 1):
+        raise UsageError(f"PCGRAPH_MAX_BYTES must be a positive number of bytes (e.g. 8e9), got {text!r}")
+    return int(limit)
+
+
+def _checked_max_bytes(max_bytes) -> int:
+    if max_bytes is None:
+        return max_bytes_default()
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, float)) or not (
+            math.isfinite(max_bytes) and max_bytes >= 1):
+        raise UsageError(f"compile(max_bytes=...) must be a positive number of bytes, got {max_bytes!r}")
+    return int(max_bytes)
 
 
 def compile(spec: GraphSpec, max_bytes: int | None = None,  # noqa: A001 - the stage's name
@@ -41,8 +61,16 @@ def compile(spec: GraphSpec, max_bytes: int | None = None,  # noqa: A001 - the s
     graph would keep the float32 rounding). Raises :class:`SpecError` naming the YAML path of the
     first problem in each category, also when the parameters and a batch's states would need more
     than ``max_bytes`` (default :func:`max_bytes_default`); that is checked before anything is
-    allocated.
+    allocated. Anything but a GraphSpec (a dict, a path) is a TypeError saying how to get one.
     """
+    if not isinstance(spec, GraphSpec):
+        raise TypeError(f"compile() takes a GraphSpec, got {type(spec).__name__}: validate a dict with "
+                        "pcgraph.spec_from_dict(d), load a YAML file with pcgraph.load_spec(path), or build one "
+                        "with pcgraph.Graph(...).spec()")
+    max_bytes = _checked_max_bytes(max_bytes)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point and not dtype.is_complex):
+        raise TypeError(f"compile(dtype=...) takes a floating-point torch.dtype (torch.float32, torch.float64), "
+                        f"got {dtype!r}")
     previous = torch.get_default_dtype()
     dtype = dtype or previous
     torch.set_default_dtype(dtype)  # ops build their parameters in it (as torch's factory functions do)
@@ -52,9 +80,9 @@ def compile(spec: GraphSpec, max_bytes: int | None = None,  # noqa: A001 - the s
         torch.set_default_dtype(previous)
 
 
-def _compile(spec: GraphSpec, max_bytes: int | None, dtype: torch.dtype) -> CompiledGraph:
+def _compile(spec: GraphSpec, max_bytes: int, dtype: torch.dtype) -> CompiledGraph:
     body = spec.graph
-    budget = _Budget(max_bytes if max_bytes is not None else max_bytes_default())
+    budget = _Budget(max_bytes)
     batch = spec.data.batch_size if spec.data is not None else 1
     for v, n in body.nodes.items():  # state, gradient, optimizer buffer, tape: ~4 copies a sample
         budget.take(4 * 4 * batch * math.prod(n.shape), f"graph.nodes.{v}.shape", f"node {v!r}")
@@ -97,24 +125,18 @@ def _compile(spec: GraphSpec, max_bytes: int | None, dtype: torch.dtype) -> Comp
             problems.append((f"{path}.energy", f"a {n.energy.kind} node must be a leaf (no outgoing edges: its "
                              f"states are probabilities); {v!r} feeds {sorted(set(g.successors(v)))}"))
     if spec.data is not None:
-        problems += _data_problems(spec.data, body.nodes)
+        problems += _data_problems(spec.data, body.nodes) + role_problems(spec.data, body.nodes)
     for k, entry in enumerate(spec.inference.precisions):
         problems += [(f"inference.precisions[{k}].nodes", f"unknown node {v!r} (known: {known})")
                      for v in entry.nodes or () if v not in body.nodes]
     if (spec.inference.init == "amortised") != bool(body.encoders):
         problems.append(("inference.init", "init: amortised and graph.encoders go together: the encoders propose "
                          "the latents that amortised init starts from"))
+    acyclic = nx.is_directed_acyclic_graph(g)
+    problems += cycle_problems(spec, None if acyclic else [u for u, _, _ in nx.find_cycle(g)])
     if problems:
         raise SpecError(problems)
 
-    acyclic = nx.is_directed_acyclic_graph(g)
-    if not acyclic and spec.inference.init == "forward":
-        cycle = " -> ".join([u for u, _, _ in nx.find_cycle(g)] + [nx.find_cycle(g)[0][0]])
-        raise SpecError(f"forward init needs an acyclic graph, but it has the cycle {cycle}; "
-                        "use init: zeros or prior", "inference.init")
-    if not acyclic and spec.data is not None and spec.train.eval == "feedforward":
-        raise SpecError("a feedforward evaluation needs an acyclic graph, but it has a cycle; "
-                        "use train.eval: inference", "train.eval")
     order = list(nx.topological_sort(g)) if acyclic else [*delayed, *body.nodes]
 
     depth = nx.dag_longest_path_length(g) if acyclic else None
@@ -203,7 +225,7 @@ class _Budget:
         self.used += nbytes
         if self.used > self.limit:
             raise SpecError(f"{what} brings the estimated memory to {self.used / 2**30:,.3g} GiB, over the "
-                            f"limit of {self.limit / 2**30:.2f} GiB (set PCGRAPH_MAX_BYTES to raise it)", path)
+                            f"limit of {self.limit / 2**30:,.3g} GiB (set PCGRAPH_MAX_BYTES to raise it)", path)
 
 
 def build_edge(e, nodes: dict[str, NodeSpec], path: str, budget: _Budget | None = None,

@@ -8,14 +8,16 @@ resolved from the spec by :func:`pcgraph.compile` so that nothing after it reads
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from pcgraph.energies import Term
-from pcgraph.errors import SpecError
+from pcgraph.errors import SpecError, UsageError
 from pcgraph.ops import Shape
 from pcgraph.spec import GraphSpec, NodeSpec
 
@@ -102,6 +104,47 @@ class CompiledGraph(nn.Module):
         self.warned_autograd = False  # the solver's warning that an op lacks a local rule: once per graph
         self._register_load_state_dict_pre_hook(_renamed_keys)
 
+    def check_values(self, batch: States, name: str = "batch") -> int:
+        """The batch size B of ``batch``, {node: (B, *shape) tensor}, after checking it as torch modules
+        check their inputs, in messages naming the node: known nodes; tensors in the graph's floating
+        dtype (no silent casts: a float64 batch for a float32 graph is refused, and so are integer
+        labels, which a categorical node takes one-hot) on its device; each node's per-sample shape;
+        one batch size B >= 1 for them all."""
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"{name} must be a dict {{node: tensor}}, got {type(batch).__name__}")
+        if not batch:
+            given = [v for v, n in self.nodes.items() if n.spec.role == "observed" and v not in self.delayed]
+            raise UsageError(f"{name} is empty: give at least one node's values (observed nodes: {', '.join(given)})")
+        ref = next((t for t in itertools.chain(self.parameters(), self.buffers()) if t.is_floating_point()), None)
+        dtype = ref.dtype if ref is not None else next(  # a graph without parameters: the batch's dtype
+            (x.dtype for x in batch.values() if isinstance(x, Tensor) and x.is_floating_point()), torch.get_default_dtype())
+        sizes = set()
+        for v, x in batch.items():
+            if v not in self.nodes:
+                raise KeyError(f"{name} names unknown node {v!r} (known: {', '.join(self.nodes)})")
+            shape, where = self.nodes[v].shape, f"{name}[{v!r}]"
+            want = f"a (B, {', '.join(map(str, shape))}) tensor"
+            if not isinstance(x, Tensor):
+                raise TypeError(f"{where} must be {want}, got {type(x).__name__}")
+            if not x.is_floating_point():
+                fix = (f"class labels go one-hot: torch.nn.functional.one_hot(y, {shape[0]}).to({dtype})"
+                       if self.nodes[v].spec.energy.kind == "categorical" else f"convert it: x.to({dtype})")
+                raise TypeError(f"{where} is {x.dtype}, and node states are floating point ({dtype}): {fix}")
+            if x.dtype != dtype:
+                raise TypeError(f"{where} is {x.dtype} and the graph computes in {dtype}: convert the batch "
+                                f"(x.to({dtype})) or compile the graph in its dtype: pcgraph.compile(spec, dtype={x.dtype})")
+            if ref is not None and x.device != ref.device:
+                raise UsageError(f"{where} is on {x.device} and the graph on {ref.device}: move one of them (.to(device))")
+            if x.dim() == 0 or x.shape[1:] != shape:
+                raise UsageError(f"{where} has shape {list(x.shape)}: node {v!r} expects {want} (per-sample shape "
+                                 f"{list(shape)}, got {list(x.shape[1:])})")
+            if len(x) == 0:
+                raise UsageError(f"{where} holds no samples (batch size 0): give at least one")
+            sizes.add(len(x))
+        if len(sizes) > 1:
+            raise UsageError(f"{name} tensors disagree on the batch size: {sorted(sizes)}")
+        return sizes.pop()
+
     def require_time(self, batch: States) -> None:
         """Raise SpecError when a delayed edge's previous-step values are missing from ``batch``."""
         for prev, src in self.delayed.items():
@@ -141,7 +184,11 @@ class CompiledGraph(nn.Module):
         return {v: self.node_energy(states, v) for v in self.order if self.nodes[v].has_energy}
 
     def energy(self, states: States) -> Tensor:
-        """Total energy E, summed over nodes and over the batch (a scalar)."""
+        """Total energy E, summed over nodes and over the batch (a scalar); ``states`` holds every node."""
+        missing = [v for v in self.order if v not in states]
+        if missing:
+            raise KeyError(f"states lack node(s) {', '.join(map(repr, missing))}: the energy needs every node's value "
+                           "(a relaxation's .states, or graph(batch) for the feedforward states)")
         return sum(e.sum() for e in self.node_energies(states).values())
 
     # --- the feedforward pass -------------------------------------------------------------
@@ -149,7 +196,8 @@ class CompiledGraph(nn.Module):
     def forward(self, batch: States) -> States:
         """Feedforward pass in topological order: given nodes keep their values, every other
         node takes the state that minimises its energy given its prediction (its mean), roots
-        their prior mean (or zeros)."""
+        their prior mean (or zeros). ``batch`` is checked (:meth:`check_values`)."""
+        self.check_values(batch)
         return self.feedforward(batch)[0]
 
     def feedforward(self, batch: States, keep: frozenset[int] = frozenset(), free: States | None = None,

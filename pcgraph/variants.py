@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+import torch
+
 from pcgraph.errors import SpecError
 from pcgraph.registry import Registered, Registry
 
@@ -78,14 +80,43 @@ class Exact(Variant):
         return graph.depth, 1.0
 
     def check(self, graph, relaxed: list[str], local_rules: bool, partly_clamped: bool) -> None:
-        if not (graph.acyclic and local_rules and not partly_clamped):
-            raise SpecError("the exact variant needs an acyclic graph whose ops all have local rules, with "
-                            "whole nodes clamped", "learning.variant")
+        if not graph.acyclic:
+            raise SpecError("the exact variant needs an acyclic graph (errors travel one edge a step from the "
+                            "outputs), and this graph has a cycle; use variant standard", "learning.variant")
+        if partly_clamped:
+            raise SpecError("the exact variant clamps whole nodes; this batch clamps part of one", "learning.variant")
+        if not local_rules:
+            raise SpecError("the exact variant runs on the ops' closed-form local rules, and this run has none "
+                            "(an op without a local rule, or Solver(local_rules=False))", "learning.variant")
+        # one unit step sets an inferred node's error to the error arriving from above only when Pi_v = I
+        weighted = [v for v in relaxed if v in graph.terms and _precision_field(graph.terms[v])]
+        if weighted:
+            v = weighted[0]
+            field = _precision_field(graph.terms[v])
+            value = getattr(graph.terms[v].energy, field)
+            what = (f"{field}: {value}" if isinstance(value, (str, float)) else
+                    f"a {'matrix' if isinstance(value[0], list) else 'diagonal'} {field}")
+            raise SpecError(f"the exact variant takes unit steps, which carry backprop's errors only through inferred "
+                            f"nodes of unit precision; inferred node {v!r} has {what} (all such: {weighted}). Give "
+                            "the inferred nodes precision 1 (the outputs' precision may be anything), or use "
+                            "variant standard", f"graph.nodes.{v}.energy.{field}")
         shifted = [v for v in relaxed if v in graph.terms and not graph.terms[v].energy.translation_invariant]
         if shifted:
             raise SpecError(f"the exact variant relaxes deviations from the feedforward pass, so the inferred "
                             f"nodes need an energy of x - mu alone (gaussian, laplace); {shifted} have not",
                             "learning.variant")
+
+
+def _precision_field(term) -> str | None:
+    """The field that gives a node's energy term a precision other than I (``learn``,
+    ``covariance`` or ``precision``), or None at unit precision or for an energy without one."""
+    energy = term.energy
+    if getattr(energy, "learn", "none") != "none":
+        return "learn"
+    scalar = getattr(energy, "scalar", 1.0)
+    if scalar == 1.0 or (scalar is None and torch.equal(term.matrix(), torch.eye(len(term.matrix())).to(term.matrix()))):
+        return None
+    return "covariance" if getattr(energy, "covariance", None) is not None else "precision"
 
 
 @register_variant

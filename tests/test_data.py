@@ -114,3 +114,118 @@ def test_cifar_archive_without_folder_says_how_to_unpack(tmp_path):
     (tmp_path / "cifar10-jpeg.tar.gz").write_bytes(b"")
     with pytest.raises(DataError, match="tar xzf"):
         load_dataset("cifar10", tmp_path)
+
+
+# --- corrupted files are refused at load time, naming the file ---------------------------------
+
+def test_fewer_labels_than_images_names_the_label_file(tmp_path):
+    fake_mnist(tmp_path, False)
+    labels = tmp_path / "train-labels-idx1-ubyte"
+    write_idx(labels, np.zeros(11), False)  # 11 labels for 12 images
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte holds 11 labels for 12 images"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_label_out_of_range_names_the_file_and_value(tmp_path):
+    fake_mnist(tmp_path, True)
+    values = np.zeros(5)
+    values[3] = 10
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", values, True)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz: expected labels 0\.\.9, got 10 at index 3"):
+        load_dataset("mnist", tmp_path)
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    (b"", "got an empty file"),
+    (bytes([0, 0, 0x08, 0]), "got 0x00000800"),  # no dimensions
+    (bytes([0, 0, 0x0D, 1, 0, 0, 0, 1, 0, 0, 0, 0]), "got 0x00000d01"),  # floats, not unsigned bytes
+    (bytes([0, 0, 0x08, 3, 0, 0, 0, 12]), "truncated header: 3 dimensions need 16 bytes, the file has 8"),
+])
+def test_garbled_or_truncated_header(tmp_path, raw, message):
+    (tmp_path / "bad").write_bytes(raw)
+    with pytest.raises(DataError, match=message):
+        read_idx(tmp_path / "bad")
+
+
+def test_swapped_files_are_refused_by_shape(tmp_path):
+    fake_mnist(tmp_path, False)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros((12, 28, 28)), False)
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte: expected labels of shape \(N,\)"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_split_image_sizes_must_agree(tmp_path):
+    fake_mnist(tmp_path, False)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((5, 8, 8)), False)
+    with pytest.raises(DataError, match=r"training images are \(28, 28\) pixels and the test images \(8, 8\)"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_some_idx_files_missing_are_named_without_a_download(tmp_path):
+    fake_mnist(tmp_path / "mnist", True)
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"holds 3 of the 4 mnist IDX files; missing: t10k-labels-idx1-ubyte\[\.gz\]"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_image_folder_splits_must_name_the_same_classes(tmp_path, monkeypatch):
+    monkeypatch.setenv("PCGRAPH_CACHE", str(tmp_path / "cache"))
+    fake_image_folder(tmp_path / "data")
+    (tmp_path / "data" / "cifar10" / "test" / "cat").rename(tmp_path / "data" / "cifar10" / "test" / "dog")
+    with pytest.raises(DataError, match="same class folders.*only one of them has cat, dog"):
+        load_dataset("cifar10", tmp_path / "data")
+
+
+def test_image_folder_with_too_many_classes(tmp_path, monkeypatch):
+    monkeypatch.setenv("PCGRAPH_CACHE", str(tmp_path / "cache"))
+    fake_image_folder(tmp_path / "data")
+    for split in ("train", "test"):
+        for k in range(9):
+            (tmp_path / "data" / "cifar10" / split / f"extra{k}").mkdir()
+    with pytest.raises(DataError, match=r"train: expected 1 to 10 class folders, got 11"):
+        load_dataset("cifar10", tmp_path / "data")
+
+
+def test_labels_from_torchvision_are_checked_too(tmp_path, monkeypatch):
+    import torchvision
+
+    class Corrupt:  # a torchvision data set whose label list is one short
+        def __init__(self, root, train, download):
+            self.data = torch.zeros(4, 28, 28, dtype=torch.uint8)
+            self.targets = torch.zeros(3, dtype=torch.int64)
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Corrupt)
+    with pytest.raises(DataError, match=r"\(train split\) holds 3 labels for 4 images"):
+        load_dataset("mnist", tmp_path)
+
+
+# --- a failed load creates no folders ----------------------------------------------------------
+
+@pytest.fixture
+def offline(monkeypatch):
+    """torchvision's downloads fail at once, as on a machine without a network."""
+    import urllib.error
+    import urllib.request
+
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])
+def test_mistyped_root_leaves_no_folders(tmp_path, offline, name):
+    root = tmp_path / "x" / "y"
+    with pytest.raises(DataError, match=r"not found under .*y' \(no such folder\)"):
+        load_dataset(name, root)
+    assert not (tmp_path / "x").exists()
+
+
+def test_failed_download_leaves_an_existing_root_as_it_was(tmp_path, offline):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "MNIST").mkdir()
+    (tmp_path / "MNIST" / "keep").write_text("mine too")
+    with pytest.raises(DataError, match="download failed"):
+        load_dataset("mnist", tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "MNIST", "MNIST/keep", "notes.txt"]

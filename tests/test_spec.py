@@ -65,6 +65,9 @@ def test_yaml_round_trip(path):
     again = spec_from_yaml(text)
     assert again == spec
     assert again.to_yaml() == text
+    resolved = spec.to_yaml(resolved=True)  # every default written out: the same spec
+    assert spec_from_yaml(resolved) == spec and len(resolved) > len(text)
+    assert spec_from_yaml(resolved).to_yaml(resolved=True) == resolved
 
 
 NON_DEFAULT = """
@@ -185,7 +188,7 @@ BAD_SPECS = [
      "parse", "graph.nodes.h.shape", "required field is missing"),
     ("wrong-type", BASE + "inference: {steps: many}\n", "parse", "inference.steps", "valid integer"),
     ("negative-shape", _sub("{shape: [3]}", "{shape: [-3]}"), "parse", "graph.nodes.h.shape[0]",
-     "greater than 0"),
+     "expected positive integers, got -3"),
     ("negative-lr", BASE + "learning: {optimizer: {kind: adam, lr: -0.1}}\n", "parse",
      "learning.optimizer.lr", "greater than 0, got -0.1"),
     ("negative-state-lr", BASE + "inference: {optimizer: {kind: sgd, lr: -0.5}}\n", "parse",
@@ -280,6 +283,19 @@ def test_missing_spec_file(tmp_path):
         load_spec(tmp_path / "nope.yaml")
     assert "cannot read spec file" in str(info.value)
     assert "nope.yaml" in str(info.value)
+
+@pytest.mark.parametrize(("shape", "path", "message"), [
+    ("[-3]", "graph.nodes.h.shape[0]", "expected positive integers, got -3"),  # once: no 'at least 1 item' too
+    ("[3, 0, -1]", "graph.nodes.h.shape[1]", "expected positive integers, got 0, -1"),
+    ("-3", "graph.nodes.h.shape", "expected positive integers, got -3"),
+    ("[2.5]", "graph.nodes.h.shape[0]", "expected positive integers, got 2.5"),
+    ("[]", "graph.nodes.h.shape", "expected a positive integer or a non-empty list of them, got []"),
+])
+def test_a_bad_shape_is_one_problem(shape, path, message):
+    with pytest.raises(SpecError) as info:
+        spec_from_yaml(_sub("{shape: [3]}", "{shape: " + shape + "}"))
+    assert info.value.problems == [(path, message)]
+
 
 
 def test_three_mistakes_three_problems():

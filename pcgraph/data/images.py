@@ -20,6 +20,26 @@ from pcgraph.errors import DataError
 CACHE_ENV = "PCGRAPH_CACHE"
 
 
+def read_image_folders(root: Path, classes: int = 10) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(x_train, y_train, x_test, y_test) from ``root/train`` and ``root/test``, which must name the
+    same class folders (a label is a class folder's index in sorted order), at most ``classes``."""
+    names = {}
+    for split in ("train", "test"):
+        names[split] = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
+        if not 1 <= len(names[split]) <= classes:
+            raise DataError(f"{root / split}: expected 1 to {classes} class folders, got {len(names[split])}"
+                            f"{': ' + ', '.join(names[split][:12]) if names[split] else ''}")
+    if names["train"] != names["test"]:
+        only = sorted(set(names["train"]) ^ set(names["test"]))
+        raise DataError(f"{root}: train/ and test/ must hold the same class folders (labels are their sorted "
+                        f"order), but only one of them has {', '.join(only)}")
+    (x_train, y_train), (x_test, y_test) = read_image_folder(root / "train"), read_image_folder(root / "test")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"{root}: the training images are {tuple(x_train.shape[1:])} (C, H, W) and the test images "
+                        f"{tuple(x_test.shape[1:])}; expected one size")
+    return x_train, y_train, x_test, y_test
+
+
 def read_image_folder(folder: Path, workers: int | None = None) -> tuple[Tensor, Tensor]:
     """(images (N, C, H, W) float in [0, 1], labels (N,) int64), classes in sorted folder order."""
     import torchvision

@@ -17,12 +17,20 @@ import math
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BeforeValidator, Field, WithJsonSchema, model_serializer, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SerializationInfo,
+    WithJsonSchema,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
 from pcgraph.energies import Energy, Term, per_sample, register_energy
 from pcgraph.errors import SpecError
+from pcgraph.registry import resolved
 
 MAX_MATRIX = 1024  # a matrix precision is for small nodes (Kalman states, outputs)
 
@@ -97,15 +105,16 @@ class Gaussian(Energy):
     def matrix(self, size: int) -> Tensor:
         """The declared precision as an (n, n) float64 matrix (from precision or covariance)."""
         value, invert = (self.covariance, True) if self.covariance is not None else (self.precision, False)
+        if not isinstance(value, float) and len(value) != size:
+            got = f"a {len(value)}x{len(value)} matrix" if isinstance(value[0], list) else f"{len(value)} values"
+            raise SpecError(f"expected {size} values (a diagonal) or a {size}x{size} matrix for a node of size "
+                            f"{size}, got {got}", "covariance" if invert else "precision")
         if isinstance(value, float):
             m = value * torch.eye(size, dtype=torch.float64)
         elif isinstance(value[0], list):
             m = torch.tensor(value, dtype=torch.float64)
         else:
             m = torch.diag(torch.tensor(value, dtype=torch.float64))
-        if m.shape != (size, size):
-            raise SpecError(f"expected {size} values per side for a node of size {size}, got {list(m.shape)}",
-                            "covariance" if invert else "precision")
         return torch.linalg.inv(m) if invert else m
 
     def build(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
@@ -221,5 +230,7 @@ class Prior(Gaussian):
         return super().build(shape, dtype, self.center(shape, dtype) if center is None else center)
 
     @model_serializer(mode="wrap")
-    def _short_form(self, handler: Any) -> Any:
+    def _short_form(self, handler: Any, info: SerializationInfo) -> Any:
+        if resolved(info):
+            return handler(self)
         return {k: v for k, v in handler(self).items() if k in self.model_fields_set}

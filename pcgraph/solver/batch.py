@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -26,28 +26,18 @@ class Clamp(NamedTuple):
 
 
 def check_batch(graph: CompiledGraph, batch: dict) -> tuple[int, States, States]:
-    """(batch size, {node: values}, {partly clamped node: mask of its free neurons, (1, *shape)})."""
-    if not batch:
-        raise ValueError("the batch is empty: give at least one node's values")
-    sizes, values, free = set(), {}, {}
-    for v, x in batch.items():
-        if isinstance(x, Clamp):
-            x, free[v] = x.values, _free_mask(graph, v, x)
-        values[v] = x
-        if v not in graph.nodes:
-            raise KeyError(f"batch names unknown node {v!r} (known: {', '.join(graph.nodes)})")
-        if tuple(x.shape[1:]) != graph.nodes[v].shape:
-            raise ValueError(f"batch[{v!r}] has per-sample shape {list(x.shape[1:])}, "
-                             f"node {v!r} expects {list(graph.nodes[v].shape)}")
-        sizes.add(x.shape[0])
-    if len(sizes) > 1:
-        raise ValueError(f"batch tensors disagree on the batch size: {sorted(sizes)}")
+    """(batch size, {node: values}, {partly clamped node: mask of its free neurons, (1, *shape)}), after
+    :meth:`CompiledGraph.check_values` on the values (names, dtype, device, shapes, batch size)."""
+    values = {v: x.values if isinstance(x, Clamp) else x for v, x in batch.items()} if isinstance(batch, Mapping) \
+        else batch
+    size = graph.check_values(values)
+    free = {v: _free_mask(graph, v, x) for v, x in batch.items() if isinstance(x, Clamp)}
     graph.require_time(values)
-    return sizes.pop(), values, free
+    return size, values, free
 
 
 def _free_mask(graph: CompiledGraph, node: str, clamp: Clamp) -> Tensor:
-    shape = graph.nodes[node].shape if node in graph.nodes else tuple(clamp.values.shape[1:])
+    shape = graph.nodes[node].shape
     clamped = torch.zeros(math.prod(shape), dtype=torch.bool, device=clamp.values.device)
     index = clamp.index
     if not isinstance(index, slice):

@@ -13,9 +13,12 @@ routes agree.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
+from pcgraph.errors import PCGraphWarning
 from pcgraph.ops import OpModule
 
 
@@ -28,6 +31,16 @@ def without_local_rule(graph) -> list[str]:
     module Name)`` (empty: the fast path applies)."""
     return [f"graph.edges[{i}].fn[{k}] (op {e.kinds[k]!r}, module {type(m).__name__})"
             for i, e in enumerate(graph.edges) for k, m in enumerate(e.pipeline) if not has_local_rule(m)]
+
+
+def rules_apply(graph) -> bool:
+    """True when every op of ``graph`` has a local rule; otherwise warn once per graph, naming the ops."""
+    missing = without_local_rule(graph)
+    if missing and not graph.warned_autograd:
+        graph.warned_autograd = True
+        warnings.warn(f"no local rule (pcgraph.OpModule.local_vjp) for {', '.join(missing)}: this graph runs "
+                      "inference on autograd, which is slower", PCGraphWarning, stacklevel=4)
+    return not missing
 
 
 def refresh(graph) -> None:

@@ -15,11 +15,15 @@ from pcgraph.compile import CompiledGraph, States, edge_forward
 class Plan:
     """Which nodes are relaxed, which edges are constant and which energy terms the loop needs."""
 
-    def __init__(self, graph: CompiledGraph, clamped: set[str], free: States | None = None):
+    def __init__(self, graph: CompiledGraph, clamped: set[str], free: States | None = None,
+                 leaves_at_optimum: bool = True):
+        """``leaves_at_optimum``: free leaves are set to their optimum instead of being relaxed
+        (False: they are relaxed like any node, as a state gradient at given states needs)."""
         nodes = graph.nodes
         self.free = free or {}  # partly clamped nodes: {node: 1 at inferred neurons, 0 at clamped ones}
         unclamped = [v for v in graph.order if v not in clamped]
-        self.leaves = [v for v in unclamped if nodes[v].incoming and not nodes[v].outgoing and v not in self.free]
+        self.leaves = [v for v in unclamped if nodes[v].incoming and not nodes[v].outgoing and v not in self.free
+                       and leaves_at_optimum]
         self.relaxed = [v for v in unclamped if v not in self.leaves]
         relaxed = set(self.relaxed)
         self.const_edges = frozenset(

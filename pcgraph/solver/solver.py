@@ -21,19 +21,19 @@ one extra pass of weight-gradient products and nothing else.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from pcgraph.compile import CompiledGraph, States
-from pcgraph.errors import PCGraphWarning, SpecError
+from pcgraph.errors import SpecError
 from pcgraph.precision import precision_table
 from pcgraph.solver import local
 from pcgraph.solver.batch import check_batch
 from pcgraph.solver.checks import compilable, divergence
 from pcgraph.solver.errors import relax_errors
+from pcgraph.solver.gradients import state_gradients
 from pcgraph.solver.loop import (
     Captured,
     Run,
@@ -154,10 +154,22 @@ class Solver:
         return self._run(graph, batch, init, weight_optimizer, False, epoch)[0]
 
     def gradients(self, graph: CompiledGraph, batch: States, epoch: int = 0) -> tuple[Relaxation, dict[str, Tensor]]:
-        """Relax, then return the batch-mean parameter gradient a learning step would use (dE/dtheta
-        at the relaxed states, or where ``update`` says), by parameter name, changing no parameter."""
+        """Relax, then return the parameter gradient a learning step would use, changing no parameter:
+        the batch mean (1/B) dE/dtheta at the relaxed states (or where ``update`` says), where
+        :meth:`CompiledGraph.energy` E sums over the batch. Keys are ``graph.named_parameters()``'s
+        names (``edges.2.pipeline.0.weight``, as checkpoints write them);
+        :func:`pcgraph.parameter_names` maps them to the readable ones :func:`pcgraph.verify_bp` rows
+        show (``h2->h3 linear[0].weight``)."""
         relaxation, grads = self._run(graph, batch, None, None, True, epoch)
         return relaxation, {name: grads.get(p, torch.zeros_like(p)) for name, p in graph.named_parameters()}
+
+    def state_gradients(self, graph: CompiledGraph, states: States, batch: States | None = None,
+                        step: int | None = None) -> States:
+        """{node: dE/dx_v} at ``states`` for the nodes ``batch`` does not clamp, relaxing nothing: per
+        sample (no batch mean), by this solver's route; ``step``: the precision schedules' weights of
+        that inference step. See :func:`pcgraph.solver.gradients.state_gradients`."""
+        return state_gradients(graph, states, batch, local_rules=self.local_rules, precisions=self.precisions,
+                               step=step)
 
     def step(self, graph: CompiledGraph, batch: States, optimizer: torch.optim.Optimizer,
              epoch: int = 0) -> Relaxation:
@@ -165,8 +177,9 @@ class Solver:
         return self.relax(graph, batch, weight_optimizer=optimizer, epoch=epoch)
 
     def learn(self, graph: CompiledGraph, relaxation: Relaxation, optimizer: torch.optim.Optimizer) -> Tensor:
-        """One parameter step on dE/dtheta at given relaxed states (eqs. 38-39), batch-averaged,
-        by autograd on :meth:`CompiledGraph.energy`. Returns the batch-mean energy."""
+        """One parameter step on (1/B) dE/dtheta at given relaxed states (eqs. 38-39): the batch
+        mean, by autograd on :meth:`CompiledGraph.energy` (which sums over the batch) divided by B.
+        Returns the batch-mean energy."""
         states = {v: x.detach() for v, x in relaxation.states.items()}
         b = next(iter(states.values())).shape[0]
         optimizer.zero_grad(set_to_none=True)
@@ -185,7 +198,7 @@ class Solver:
         plan = Plan(graph, set(batch) - set(free), free)
         local.refresh(graph)
         variant, update = self.variant, self.update
-        use_local = self.local_rules and self._local_rules_apply(graph)
+        use_local = self.local_rules and local.rules_apply(graph)
         variant.check(graph, plan.relaxed, use_local, bool(free))
         steps, unit_step = variant.inference(graph, self.steps)
         optimizer = StateSGD(unit_step) if unit_step is not None else self.optimizer
@@ -262,16 +275,6 @@ class Solver:
                 at = states if start is None else {**states, **{v: start[v] + states[v] for v in start}}
                 trace.append({v: e.sum() for v, e in graph.node_energies(at).items()})
         return observe
-
-    @staticmethod
-    def _local_rules_apply(graph: CompiledGraph) -> bool:
-        """True when every op has a local rule; otherwise warn once per graph, naming the ops."""
-        missing = local.without_local_rule(graph)
-        if missing and not graph.warned_autograd:
-            graph.warned_autograd = True
-            warnings.warn(f"no local rule (pcgraph.OpModule.local_vjp) for {', '.join(missing)}: this graph runs "
-                          "inference on autograd, which is slower", PCGraphWarning, stacklevel=4)
-        return not missing
 
     def _stepwise(self, run: Run, states, optimizer, steps, weight_optimizer, b, learn, learning):
         """The loop with a tolerance stop and/or parameter steps after every step (eager only);

@@ -4,6 +4,7 @@ pipeline), and the parsing of registered kinds (ops, energies, variants) with YA
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -79,7 +80,10 @@ class NodeSpec(_Strict):
 
     shape: tuple[PositiveInt, ...] = Field(min_length=1, description="Per-sample shape, e.g. [784] or [3, 32, 32].")
     role: Literal["observed", "latent"] = Field(
-        "latent", description="observed: data is fed to it; latent: always inferred."
+        "latent", description="observed: the data section clamps the whole node (data.input or data.target; a "
+        "call may still leave it out, e.g. to predict a label); latent: inferred, except neuron ranges the data "
+        "clamps (x[0:64]). Enforced when the spec has a data section: data on a whole latent node, a range of an "
+        "observed node, or an observed node given no data is a SpecError."
     )
     energy: EnergyField = Field(
         default_factory=Gaussian, description="Energy of this node's prediction error: a registered energy "
@@ -90,7 +94,29 @@ class NodeSpec(_Strict):
     @field_validator("shape", mode="before")
     @classmethod
     def _int_shape(cls, v: Any) -> Any:
-        return [v] if isinstance(v, int) and not isinstance(v, bool) else v
+        return _positive_shape(v)
+
+
+def _positive_shape(v: Any) -> list[int]:
+    """``784`` or ``[3, 32, 32]`` as a list of positive integers; one problem (at the first bad
+    dimension) naming what came, instead of pydantic's per-item and length errors."""
+    def integer(d: Any) -> bool:
+        return isinstance(d, numbers.Integral) and not isinstance(d, bool)
+
+    def positive(d: Any) -> bool:
+        return integer(d) and d > 0
+
+    dims = [v] if integer(v) else v
+    # the "op_args" form carries its own sub-path (problems.path appends ctx["sub"]: shape[1])
+    if not isinstance(dims, (list, tuple)) or not dims:
+        raise PydanticCustomError("op_args", "{sub}: {msg}", {"sub": "", "msg": "expected a positive integer or a "
+                                  f"non-empty list of them, got {v!r}"})
+    bad = [i for i, d in enumerate(dims) if not positive(d)]
+    if bad:
+        sub = f"[{bad[0]}]" if isinstance(v, (list, tuple)) else ""
+        got = ", ".join(repr(dims[i]) for i in bad)
+        raise PydanticCustomError("op_args", "{sub}: {msg}", {"sub": sub, "msg": f"expected positive integers, got {got}"})
+    return [int(d) for d in dims]
 
 
 def _op_list(value: Any) -> list[Op]:

@@ -85,3 +85,58 @@ def path(e: dict) -> str:
     if e["type"] == "op_args":
         out += e["ctx"]["sub"]
     return out
+
+
+# --- problems across sections (the compiler calls these with what networkx found) -------------
+
+
+def role_problems(data, nodes: dict) -> list[tuple[str, str]]:
+    """The data section against the nodes' roles. ``role: observed`` means the data section clamps
+    the whole node; a latent node is inferred, except the neuron ranges the data clamps
+    (``x[0:64]``: a partly clamped node is latent, its other neurons are inferred). So data on a
+    whole latent node, a range of an observed node, and an observed node given no data are each a
+    problem, named at the field to change. Unknown nodes are the caller's to report."""
+    out, fed = [], set()
+    for field in ("input", "target"):
+        ref = data.ref(field)
+        if ref is None or ref.node not in nodes:
+            continue
+        fed.add(ref.node)
+        role, text = nodes[ref.node].role, getattr(data, field)
+        if ref.neurons is None and role == "latent":
+            out.append((f"data.{field}", f"{text!r} is a latent node, which is inferred, not clamped: declare it "
+                        f"`role: observed` (graph.nodes.{ref.node}.role) or clamp the data to an observed node"))
+        elif ref.neurons is not None and role == "observed":
+            out.append((f"data.{field}", f"{text} clamps part of {ref.node!r} and leaves the rest to inference, "
+                        f"so {ref.node!r} is latent: remove `role: observed` from graph.nodes.{ref.node} (an observed "
+                        "node is clamped whole)"))
+    for v, n in nodes.items():
+        if n.role == "observed" and v not in fed:
+            out.append((f"graph.nodes.{v}.role", f"{v!r} is observed, but the data section clamps nothing to it "
+                        f"(data.input: {data.input}, data.target: {data.target}); point data.input or data.target "
+                        "at it, or make it latent (remove `role: observed`)"))
+    return out
+
+
+def cycle_problems(spec, cycle: list[str] | None) -> list[tuple[str, str]]:
+    """Every setting of ``spec`` that needs an acyclic graph, when the graph has ``cycle`` (its
+    nodes in order; None: acyclic), reported together: forward init, a feedforward evaluation,
+    variants that start from the feedforward pass (exact, ePC) and a scale that reads the depth."""
+    if not cycle:
+        return []
+    loop = " -> ".join([*cycle, cycle[0]])
+    out = []
+    if spec.inference.init == "forward":
+        out.append(("inference.init", f"forward init needs an acyclic graph, but it has the cycle {loop}; "
+                    "use init: zeros or prior"))
+    if spec.data is not None and spec.train.eval == "feedforward":
+        out.append(("train.eval", f"a feedforward evaluation needs an acyclic graph, but it has the cycle {loop}; "
+                    "use train.eval: inference"))
+    variant = spec.learning.variant
+    if variant.fixed_predictions or variant.relaxes == "errors":
+        out.append(("learning.variant", f"variant {variant.kind} starts from the feedforward pass, which needs an "
+                    f"acyclic graph, but it has the cycle {loop}; use variant standard or incremental"))
+    out += [(f"graph.edges[{i}].scale", f"scale {e.scale!r} needs the graph's depth, and a graph with the cycle "
+             f"{loop} has none; give a number") for i, e in enumerate(spec.graph.edges)
+            if isinstance(e.scale, str) and "depth" in e.scale]
+    return out

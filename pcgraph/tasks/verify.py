@@ -12,24 +12,27 @@ order, loss = the clamped output nodes' energies at that pass (batch mean), grad
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import Tensor
 
 from pcgraph.compile import CompiledGraph, States, compile
 from pcgraph.errors import SpecError
-from pcgraph.solver import Solver, StateSGD
+from pcgraph.solver import Solver, StateSGD, parameter_names
 
 
 @dataclass
 class ParamCheck:
-    """One parameter: cosine(PC, BP), ||PC - BP|| / ||BP|| and ||PC|| / ||BP||."""
+    """One parameter: cosine(PC, BP), ||PC - BP|| / ||BP|| and ||PC|| / ||BP||. ``name`` is the
+    readable name (``h2->h3 linear[0].weight``, :func:`pcgraph.parameter_names`); ``parameter`` the
+    tensor's name in ``graph.named_parameters()`` and the key of :meth:`Solver.gradients`."""
 
     name: str
     cosine: float
     rel_error: float
     norm_ratio: float | None  # None when backprop's gradient is zero
+    parameter: str = ""
 
 
 @dataclass
@@ -55,17 +58,6 @@ class BPCheck:
         return json.dumps({**asdict(self), "worst_rel_error": self.worst_rel_error, "ok": self.ok})
 
 
-def readable(graph: CompiledGraph, name: str) -> str:
-    """``edges.2.pipeline.0.weight`` -> ``h2->h3 linear[0].weight``."""
-    parts = name.split(".")
-    if len(parts) == 5 and parts[0] == "edges" and parts[2] == "pipeline":
-        i, k = int(parts[1]), int(parts[3])
-        edge = graph.edges[i]
-        op = graph.spec.graph.edges[i].fn[k].kind
-        return f"{'+'.join(edge.sources)}->{edge.target} {op}[{k}].{parts[4]}"
-    return name
-
-
 def compare(pc: dict[str, Tensor], bp: dict[str, Tensor]) -> list[ParamCheck]:
     rows = []
     for name, g in bp.items():
@@ -73,7 +65,7 @@ def compare(pc: dict[str, Tensor], bp: dict[str, Tensor]) -> list[ParamCheck]:
         gn, pn = g.norm().item(), p.norm().item()
         cos = (p @ g).item() / (pn * gn) if pn and gn else float(pn == gn)
         rel = (p - g).norm().item() / gn if gn else (0.0 if pn == 0 else float("inf"))
-        rows.append(ParamCheck(name, cos, rel, pn / gn if gn else None))
+        rows.append(ParamCheck(name, cos, rel, pn / gn if gn else None, name))
     return rows
 
 
@@ -90,7 +82,9 @@ def check_verifiable(graph: CompiledGraph, batch: States) -> None:
 
 
 def bp_gradients(graph: CompiledGraph, batch: States) -> dict[str, Tensor]:
-    """Backprop's batch-mean gradient of the outputs' energies at the feedforward pass."""
+    """Backprop's gradient of the outputs' energies at the feedforward pass, as a batch mean (the
+    energy summed over the batch, divided by B: :meth:`Solver.gradients`' convention), keyed as
+    ``graph.named_parameters()`` names the tensors (as :meth:`Solver.gradients` keys them)."""
     names, params = zip(*graph.named_parameters())
     with torch.enable_grad():
         loss = graph.bp_loss(batch)
@@ -134,7 +128,8 @@ def verify_bp(graph: CompiledGraph, batch: States, mode: str = "exact", *,
 
 
 def _named(graph: CompiledGraph, rows: list[ParamCheck]) -> list[ParamCheck]:
-    return [ParamCheck(readable(graph, r.name), r.cosine, r.rel_error, r.norm_ratio) for r in rows]
+    names = parameter_names(graph)
+    return [replace(r, name=names[r.parameter]) for r in rows]
 
 
 def with_output_precision(graph: CompiledGraph, batch: States, scale: float) -> CompiledGraph:

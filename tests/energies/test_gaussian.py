@@ -70,7 +70,10 @@ def test_matrix_precision_in_a_graph_matches_the_closed_form():
 @pytest.mark.parametrize(("energy", "shape", "words"), [
     ({"kind": "gaussian", "precision": [[1.0, 2.0], [2.0, 1.0]]}, (2,), "positive definite"),
     ({"kind": "gaussian", "precision": [[1.0, 0.5], [0.0, 1.0]]}, (2,), "symmetric"),
-    ({"kind": "gaussian", "precision": [1.0, 2.0, 3.0]}, (2,), "expected 2 values per side"),
+    ({"kind": "gaussian", "precision": [1.0, 2.0, 3.0]}, (2,), "expected 2 values (a diagonal) or a 2x2 matrix for a "
+     "node of size 2, got 3 values"),
+    ({"kind": "gaussian", "covariance": [[1.0, 0.0], [0.0, 1.0]]}, (3,), "expected 3 values (a diagonal) or a 3x3 "
+     "matrix for a node of size 3, got a 2x2 matrix"),
     ({"kind": "gaussian", "precision": [1.0, 2.0], "covariance": [1.0, 2.0]}, (2,), "not both"),
     ({"kind": "gaussian", "precision": 3.0, "covariance": 2.0}, (2,), "not both"),
     ({"kind": "gaussian", "learn": "full"}, (2, 2), "1-D node"),
@@ -123,7 +126,7 @@ def test_vector_prior_mean_and_matrix_covariance():
 
 @pytest.mark.parametrize(("prior", "words"), [
     ({"mean": [1.0, 2.0]}, "expected 3 mean values"),
-    ({"covariance": [[1.0, 0.0], [0.0, 1.0]]}, "expected 3 values per side"),
+    ({"covariance": [[1.0, 0.0], [0.0, 1.0]]}, "expected 3 values (a diagonal) or a 3x3 matrix"),
     ({"precision": None}, "got None"),  # found by the spec fuzzer: None is no precision
 ])
 def test_bad_priors_name_the_field(prior, words):

@@ -103,6 +103,40 @@ def test_exact_refuses_inferred_nodes_whose_energy_is_not_a_function_of_the_erro
         ENERGIES.pop("test-skewed")
 
 
+@pytest.mark.parametrize(("hidden", "path", "words"), [
+    ({"kind": "gaussian", "precision": 2.0}, "graph.nodes.h.energy.precision", "precision: 2.0"),
+    ({"kind": "gaussian", "precision": [1.0, 2.0, 1.0, 1.0]}, "graph.nodes.h.energy.precision", "a diagonal precision"),
+    ({"kind": "gaussian", "covariance": [[2.0, 0.5, 0, 0], [0.5, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]]},
+     "graph.nodes.h.energy.covariance", "a matrix covariance"),
+    ({"kind": "gaussian", "learn": "diagonal"}, "graph.nodes.h.energy.learn", "learn: diagonal"),
+])
+def test_exact_names_an_inferred_nodes_precision_as_the_cause(hidden, path, words):
+    """Unit steps reach backprop's errors only through unit-precision inferred nodes: a weighted one
+    used to give a wrong gradient silently (verify-bp FAILED, or a message blaming the ops)."""
+    graph = pcgraph.compile(small_net(hidden=hidden), dtype=f64)
+    batch = {"x": torch.randn(5, 3, dtype=f64), "y": torch.randn(5, 2, dtype=f64)}
+    with pytest.raises(pcgraph.SpecError) as info:
+        pcgraph.Solver(variant="exact").gradients(graph, batch)
+    assert info.value.path == path and words in str(info.value) and "local rule" not in str(info.value)
+
+
+def test_exact_accepts_unit_precision_written_out_and_any_output_precision():
+    """precision [1, 1, 1, 1] on the inferred node is Pi = I, and the output's precision is the
+    loss's: both still give backprop's gradient exactly."""
+    spec = small_net(hidden={"kind": "gaussian", "precision": [1.0] * 4},
+                     output={"kind": "gaussian", "precision": [[2.0, 0.5], [0.5, 1.0]]})
+    graph = pcgraph.compile(spec, dtype=f64)
+    batch = {"x": torch.randn(5, 3, dtype=f64), "y": torch.randn(5, 2, dtype=f64)}
+    assert pcgraph.verify_bp(graph, batch, "exact").worst_rel_error < 1e-12
+
+
+def test_exact_without_local_rules_says_so():
+    graph = pcgraph.compile(small_net(), dtype=f64)
+    batch = {"x": torch.randn(5, 3, dtype=f64), "y": torch.randn(5, 2, dtype=f64)}
+    with pytest.raises(pcgraph.SpecError, match="learning.variant: .*closed-form local rules.*local_rules=False"):
+        pcgraph.Solver(variant="exact", local_rules=False).gradients(graph, batch)
+
+
 def test_a_graph_without_local_rules_warns_once_naming_the_module_and_matches_autograd():
     class Plain(nn.Module):  # no pcgraph.OpModule hooks: autograd only
         def forward(self, x):

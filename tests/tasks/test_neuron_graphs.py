@@ -86,7 +86,7 @@ def test_bad_data_references_name_the_field(data, path, words):
 def test_feedforward_evaluation_of_neuron_ranges_is_refused():
     g = pcgraph.Graph("t")
     g.node("x", 6)
-    g.node("h", 4)
+    g.node("h", 4, observed=True)
     g.edge("x", "h", "linear")
     g.data(dataset="digits", input="x[0:4]", target="h")
     spec = g.spec()

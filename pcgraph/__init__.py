@@ -13,23 +13,47 @@ Extension points (one class each, registered by ``kind`` and usable from YAML at
 topologies (:func:`register_topology`).
 """
 
-from pcgraph.builder import Graph
-from pcgraph.compile import CompiledGraph, compile
-from pcgraph.data import Dataset, load_dataset
-from pcgraph.energies import Energy, Term, register_energy
-from pcgraph.errors import DataError, DivergenceError, PCGraphError, PCGraphWarning, SpecError, UsageError
-from pcgraph.ops import Op, OpModule, register_op
-from pcgraph.precision import Schedule, register_schedule
-from pcgraph.solver import Clamp, Relaxation, Solver, StateAdam, StateSGD, parameter_names
-from pcgraph.spec import GraphSpec, json_schema, load_spec, spec_from_dict, spec_from_yaml
-from pcgraph.tasks import BPCheck, TrainResult, bp_gradients, evaluate, train, verify_bp
-from pcgraph.tasks.checkpoint import load
-from pcgraph.tasks.sequence import SequenceResult, run_sequence
-from pcgraph.topology import register_topology
-from pcgraph.updates import WeightUpdate, register_update
-from pcgraph.variants import Variant, register_variant
+import importlib
+import importlib.util
 
 __version__ = "0.1.0"
+
+# Names are imported on first use (PEP 562), so `import pcgraph.cli` does not import torch:
+# `pcgraph --help` answers at once, and Ctrl-C during start-up reaches the CLI's handler.
+_EXPORTS = {
+    "pcgraph.builder": ["Graph"],
+    "pcgraph.compiler": ["CompiledGraph", "compile"],
+    "pcgraph.data": ["Dataset", "load_dataset"],
+    "pcgraph.energies": ["Energy", "Term", "register_energy"],
+    "pcgraph.errors": ["DataError", "DivergenceError", "PCGraphError", "PCGraphWarning", "SpecError", "UsageError"],
+    "pcgraph.ops": ["Op", "OpModule", "register_op"],
+    "pcgraph.precision": ["Schedule", "register_schedule"],
+    "pcgraph.solver": ["Clamp", "Relaxation", "Solver", "StateAdam", "StateSGD", "parameter_names"],
+    "pcgraph.spec": ["GraphSpec", "json_schema", "load_spec", "spec_from_dict", "spec_from_yaml"],
+    "pcgraph.tasks": ["BPCheck", "TrainResult", "bp_gradients", "evaluate", "train", "verify_bp"],
+    "pcgraph.tasks.checkpoint": ["load"],
+    "pcgraph.tasks.sequence": ["SequenceResult", "run_sequence"],
+    "pcgraph.topology": ["register_topology"],
+    "pcgraph.updates": ["WeightUpdate", "register_update"],
+    "pcgraph.variants": ["Variant", "register_variant"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: pcgraph.spec
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
+
 
 __all__ = [
     # the pipeline: spec -> compile -> solve

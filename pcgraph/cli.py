@@ -24,7 +24,7 @@ from pcgraph.errors import DivergenceError, Interrupted, PCGraphError, SpecError
 def _graph(args, dtype=None):
     import torch
 
-    from pcgraph.compile import compile
+    from pcgraph.compiler import compile
     from pcgraph.spec import load_spec
 
     spec = load_spec(args.spec)

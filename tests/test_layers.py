@@ -11,7 +11,7 @@ ROOT = Path(pcgraph.__file__).resolve().parent
 # lower number = lower layer; a module may import only from its own layer or below
 LAYERS = {
     "errors": 0, "registry": 1, "ops": 2, "energies": 2, "variants": 2, "updates": 2, "precision": 2, "topology": 2,
-    "spec": 3, "builder": 4, "compiled": 5, "compile": 5, "solver": 6, "kalman": 6, "data": 6,
+    "spec": 3, "builder": 4, "compiled": 5, "compiler": 5, "solver": 6, "kalman": 6, "data": 6,
     "tasks": 7, "cli": 8, "__main__": 9,
 }
 
@@ -49,3 +49,14 @@ def test_imports_only_run_down_the_layers():
 def test_every_public_name_imports():
     assert all(getattr(pcgraph, name) is not None for name in pcgraph.__all__)
     assert len(set(pcgraph.__all__)) == len(pcgraph.__all__)
+
+
+def test_the_command_line_starts_without_importing_torch():
+    """pcgraph's names import on first use: `pcgraph --help` is instant and a Ctrl-C during
+    start-up lands in the CLI's own handler (see tests/test_cli_signals.py)."""
+    import subprocess
+    import sys
+
+    code = "import sys, pcgraph, pcgraph.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

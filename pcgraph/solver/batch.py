@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from pcgraph.compile import CompiledGraph, States
+from pcgraph.compiler import CompiledGraph, States
 
 
 class Clamp(NamedTuple):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pcgraph.compile import CompiledGraph, States
+from pcgraph.compiler import CompiledGraph, States
 from pcgraph.errors import DivergenceError
 from pcgraph.ops import OpModule
 from pcgraph.solver.plan import Plan

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pcgraph.compile import States
+from pcgraph.compiler import States
 from pcgraph.solver.loop import Run, zero_scalar
 
 

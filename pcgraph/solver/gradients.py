@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from pcgraph.compile import CompiledGraph, States
+from pcgraph.compiler import CompiledGraph, States
 from pcgraph.precision import precision_table
 from pcgraph.solver import local
 from pcgraph.solver.batch import check_batch

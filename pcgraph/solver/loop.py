@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from pcgraph.compile import CompiledGraph, States, edge_forward
+from pcgraph.compiler import CompiledGraph, States, edge_forward
 from pcgraph.errors import PCGraphWarning
 from pcgraph.solver import local
 from pcgraph.solver.plan import Constants, Plan

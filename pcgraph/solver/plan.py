@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pcgraph.compile import CompiledGraph, States, edge_forward
+from pcgraph.compiler import CompiledGraph, States, edge_forward
 
 
 class Plan:

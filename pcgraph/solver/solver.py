@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from pcgraph.compile import CompiledGraph, States
+from pcgraph.compiler import CompiledGraph, States
 from pcgraph.errors import SpecError
 from pcgraph.precision import precision_table
 from pcgraph.solver import local

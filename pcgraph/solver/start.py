@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from pcgraph.compile import CompiledGraph, States, edge_forward
+from pcgraph.compiler import CompiledGraph, States, edge_forward
 from pcgraph.errors import SpecError
 from pcgraph.solver.plan import Constants, Plan
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pcgraph.compile import compile
+from pcgraph.compiler import compile
 from pcgraph.errors import SpecError, UsageError
 from pcgraph.solver import Solver
 from pcgraph.spec import GraphSpec

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pcgraph.compile import CompiledGraph, compile
+from pcgraph.compiler import CompiledGraph, compile
 from pcgraph.errors import SpecError, UsageError
 from pcgraph.spec import GraphSpec, spec_from_yaml
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pcgraph.compile import CompiledGraph, compile
+from pcgraph.compiler import CompiledGraph, compile
 from pcgraph.errors import SpecError
 from pcgraph.solver import Solver
 from pcgraph.spec import GraphSpec

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pcgraph.compile import CompiledGraph, States, build_edge
+from pcgraph.compiler import CompiledGraph, States, build_edge
 from pcgraph.errors import SpecError
 from pcgraph.solver import Clamp
 from pcgraph.spec import GraphSpec, NodeRef

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from pcgraph import kalman
-from pcgraph.compile import CompiledGraph, States
+from pcgraph.compiler import CompiledGraph, States
 from pcgraph.energies.gaussian import GaussianTerm
 from pcgraph.errors import SpecError
 from pcgraph.solver import Solver

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pcgraph.compile import CompiledGraph
+from pcgraph.compiler import CompiledGraph
 from pcgraph.errors import SpecError, UsageError
 from pcgraph.tasks.paths import check_file
 

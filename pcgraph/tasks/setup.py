@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-from pcgraph.compile import CompiledGraph
+from pcgraph.compiler import CompiledGraph
 from pcgraph.data import Dataset
 from pcgraph.errors import SpecError, UsageError
 from pcgraph.spec import DataSpec, LearningSpec, Standardize, WeightOptimizerSpec, weight_optimizer_class

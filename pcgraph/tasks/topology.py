@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pcgraph.compile import CompiledGraph
+from pcgraph.compiler import CompiledGraph
 from pcgraph.ops import OpModule
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pcgraph.compile import CompiledGraph, compile
+from pcgraph.compiler import CompiledGraph, compile
 from pcgraph.data import load_dataset
 from pcgraph.errors import DivergenceError, Interrupted, SpecError, UsageError
 from pcgraph.solver import Solver

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import Tensor
 
-from pcgraph.compile import CompiledGraph, States, compile
+from pcgraph.compiler import CompiledGraph, States, compile
 from pcgraph.errors import SpecError
 from pcgraph.solver import Solver, StateSGD, parameter_names
 

@@ -89,9 +89,35 @@ def pure_loop(run: Run, optimizer, states: States, steps: int, learn: bool):
     order). No input is changed in place, which CUDA-graph capture needs (torch.compile skips the
     capture of a function that mutates its inputs)."""
     relaxed = run.plan.relaxed
-    states = {v: x.clone() if v in relaxed else x for v, x in states.items()}
+    if run.const.fresh and not run.fixed_predictions and run.errors is None:
+        run, states = refed(run, states)  # fresh copies of the relaxed states too
+    else:
+        states = {v: x.clone() if v in relaxed else x for v, x in states.items()}
     trace, gp = fixed_loop(run, optimizer, states, steps, learn)
     return trace, None if gp is None else [gp.get(p) for p in run.params], [states[v] for v in relaxed]
+
+
+def refed(run: Run, states: States) -> tuple[Run, States]:
+    """The forward init once more, x_v = f_v(parents) for every relaxed node and every edge's output,
+    by the kernels of the compiled loop that follows. The eager init's kernels round differently
+    (fused or not), so an error that is exactly zero eagerly, x_v - mu_v at a node that has not
+    moved, would come out of the compiled loop as rounding noise, which Adam turns into full-size
+    steps; predicted here, the zeros stay exact. Clamped nodes keep their values."""
+    graph, plan = run.graph, run.plan
+    states, kept, relaxed = dict(states), {}, set(plan.relaxed)
+    for v in graph.order:
+        incoming = graph.nodes[v].incoming
+        if not incoming:
+            continue
+        mu = None
+        for i in incoming:
+            kept[i] = edge_forward(graph.edges[i], states)
+            mu = kept[i][0] if mu is None else mu + kept[i][0]
+        if v in relaxed:
+            states[v] = graph.terms[v].optimum(mu)
+    # the loop steps the states in place; the tapes must keep the values they were taken at
+    states = {v: x.clone() if v in relaxed else x for v, x in states.items()}
+    return replace(run, const=Constants.collect(graph, plan, kept, fresh=True)), states
 
 
 def zero_scalar(states: States) -> Tensor:

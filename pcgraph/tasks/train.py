@@ -23,11 +23,10 @@ from pcgraph.data import load_dataset
 from pcgraph.errors import DivergenceError, Interrupted, SpecError, UsageError
 from pcgraph.solver import Solver
 from pcgraph.spec import GraphSpec, spec_from_yaml
-from pcgraph.tasks import checkpoint, distributed
+from pcgraph.tasks import checkpoint, distributed, runfolder
 from pcgraph.tasks.interrupt import StopOnSignal, progress_bar
 from pcgraph.tasks.methods import Method, make_method
 from pcgraph.tasks.objective import Objective
-from pcgraph.tasks.paths import check_folder
 from pcgraph.tasks.setup import lr_schedule as lr_schedule
 from pcgraph.tasks.setup import prepare as prepare
 from pcgraph.tasks.setup import resolve_device as resolve_device
@@ -114,7 +113,7 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
     if nproc is not None and nproc < 1:
         raise UsageError(f"the number of processes must be at least 1, got {nproc}")
     if out is not None and os.environ.get("RANK", "0") == "0":
-        _claim_folder(Path(out), resume, force)
+        runfolder.claim(Path(out), resume, force)
     args = dict(spec=spec, epochs=epochs, data_root=data_root, device=device, out=out, progress=progress,
                 log=log, method=method, resume=resume, on_divergence=on_divergence)
     if nproc is not None and nproc > 1:
@@ -126,26 +125,6 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
         return distributed.launch(train, nproc, dev, args)
     with distributed.joined(resolve_device(device)) as ctx:
         return _train(ctx, **args)
-
-
-RUN_FILES = (checkpoint.FILE, "model.pt", "metrics.jsonl", "metrics.csv", "spec.yaml")
-
-
-def _claim_folder(out: Path, resume: str | Path | None, force: bool) -> None:
-    """Refuse to train into a folder holding another run (its results would be replaced), unless
-    ``force``: then its run files go. Resuming the run in ``out`` itself is not a new run."""
-    if resume is not None and out.resolve() == Path(resume).resolve():
-        return
-    check_folder(out, "--out")  # a file, or nowhere this process can write: before any work
-    held = [name for name in RUN_FILES if (out / name).is_file()]
-    if not held:
-        return
-    if not force:
-        hint = f"continue it with --resume {out}, " if (out / checkpoint.FILE).is_file() else ""
-        raise UsageError(f"{str(out)!r} already holds a run ({', '.join(held)}); {hint}choose another --out "
-                         "folder, or pass --force (force=True) to replace it")
-    for name in held:
-        (out / name).unlink(missing_ok=True)
 
 
 def _train(ctx: distributed.Context, **args) -> TrainResult:
@@ -191,7 +170,7 @@ class RunSetup:
 
     def snapshot(self, epoch_done: int, position: int, perm: Tensor | None, partial: dict | None) -> dict:
         """The checkpoint payload (see :mod:`pcgraph.tasks.checkpoint`)."""
-        return {"spec": self.spec.to_yaml(resolved=True), "pcgraph_version": _version(), "method": self.method.name, "model": self.method.model.state_dict(),
+        return {"spec": self.spec.to_yaml(resolved=True), "pcgraph_version": runfolder.version(), "method": self.method.name, "model": self.method.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng_torch": torch.get_rng_state(), "rng_shuffle": self.gen.get_state(), "epoch": epoch_done,
                 "epochs": self.n_epochs, "position": position, "perm": None if perm is None else perm.cpu(),
@@ -217,7 +196,7 @@ def setup_run(ctx: distributed.Context, spec, epochs, data_root, device, out, pr
     saved = checkpoint.read(resume) if resume is not None else None
     if saved is not None:
         spec, method = spec_from_yaml(saved["spec"]), saved.get("method", "pc")
-        _check_unedited(Path(resume), spec)
+        runfolder.check_unedited(Path(resume), spec)
         out = resume if out is None else out
     _check_spec(spec)
     dev = ctx.device(resolve_device(device))
@@ -279,45 +258,12 @@ def _restore(run: RunSetup, saved: dict) -> None:
     run.perm = saved["perm"].to(run.dev) if saved["perm"] is not None else None
 
 
-def _version() -> str:
-    import pcgraph
-
-    return pcgraph.__version__
-
-
-def _check_unedited(folder: Path, spec: GraphSpec) -> None:
-    """A resumed run continues its checkpoint's spec: refuse a ``spec.yaml`` edited since."""
-    path = folder / "spec.yaml" if folder.is_dir() else folder.parent / "spec.yaml"
-    if not path.is_file():
-        return
-    try:
-        written = spec_from_yaml(path.read_text(encoding="utf-8"))
-    except (SpecError, OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"{str(path)!r} was edited and no longer reads as a spec ({err}); --resume continues "
-                         "the spec saved in the checkpoint: restore the file") from None
-    changed = differences(spec.model_dump(mode="json"), written.model_dump(mode="json"))
-    if changed:
-        raise UsageError(f"{str(path)!r} differs from the spec this run was trained with (at {', '.join(changed[:4])}); "
-                         "--resume continues the checkpoint's spec: restore the file, or train the edited "
-                         "spec into a new folder")
-
-
-def differences(a, b, path: str = "") -> list[str]:
-    """The dotted paths at which two nested dicts/lists of plain values differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [p for k in dict.fromkeys([*a, *b])
-                for p in differences(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))]
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [p for i, (x, y) in enumerate(zip(a, b)) for p in differences(x, y, f"{path}[{i}]")]
-    return [] if a == b else [path or "(top)"]
-
-
 def _create_folder(run: RunSetup) -> None:
     """A new run folder: ``spec.yaml`` (the resolved spec) and empty metrics files."""
     try:
         run.folder.mkdir(parents=True, exist_ok=True)
         (run.folder / "spec.yaml").write_text(
-            f"# the resolved spec of this run (every default written out), pcgraph {_version()};\n"
+            f"# the resolved spec of this run (every default written out), pcgraph {runfolder.version()};\n"
             "# pcgraph train --resume continues it and refuses an edited copy\n" + run.spec.to_yaml(resolved=True))
         (run.folder / "metrics.jsonl").write_text("")
         (run.folder / "metrics.csv").write_text(",".join(run.columns) + "\n")

@@ -104,17 +104,11 @@ def refed(run: Run, states: States) -> tuple[Run, States]:
     moved, would come out of the compiled loop as rounding noise, which Adam turns into full-size
     steps; predicted here, the zeros stay exact. Clamped nodes keep their values."""
     graph, plan = run.graph, run.plan
-    states, kept, relaxed = dict(states), {}, set(plan.relaxed)
-    for v in graph.order:
-        incoming = graph.nodes[v].incoming
-        if not incoming:
-            continue
-        mu = None
-        for i in incoming:
-            kept[i] = edge_forward(graph.edges[i], states)
-            mu = kept[i][0] if mu is None else mu + kept[i][0]
-        if v in relaxed:
-            states[v] = graph.terms[v].optimum(mu)
+    relaxed = set(plan.relaxed)
+    every = frozenset(range(len(graph.edges)))
+    states, kept = graph.feedforward({v: x for v, x in states.items() if v not in relaxed}, every)
+    for i in every - kept.keys():  # edges into clamped nodes, which the pass does not predict
+        kept[i] = edge_forward(graph.edges[i], states)
     # the loop steps the states in place; the tapes must keep the values they were taken at
     states = {v: x.clone() if v in relaxed else x for v, x in states.items()}
     return replace(run, const=Constants.collect(graph, plan, kept, fresh=True)), states

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from pcgraph.energies import Term
 from pcgraph.errors import SpecError, UsageError
-from pcgraph.ops import Shape
+from pcgraph.ops import OpModule, Shape
 from pcgraph.spec import GraphSpec, NodeSpec
 
 States = dict[str, Tensor]
@@ -37,13 +37,17 @@ def combine(mode: str, xs: list[Tensor]) -> Tensor:
 
 
 def edge_forward(edge, states: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]:
-    """y = f_e(x_src) and its tape: the sources, then the input of each module."""
+    """y = f_e(x_src) and its tape: the sources, then what each module's local rule reads (its
+    input, or what :meth:`~pcgraph.ops.OpModule.taped` saves)."""
     xs = [states[s] for s in edge.sources]
     x = combine(edge.combine, xs)
     tape = [*xs]
     for m in edge.pipeline:
-        tape.append(x)
-        x = m(x)
+        if isinstance(m, OpModule):
+            x, saved = m.taped(x)
+        else:
+            x, saved = m(x), x
+        tape.append(saved)
     return x, tape
 
 

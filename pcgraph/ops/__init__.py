@@ -25,6 +25,7 @@ class OpModule:
 
     - :meth:`local_vjp`: the closed-form vector-Jacobian product, used by the solver's fast path
       when ``has_local_rule`` is true;
+    - :meth:`taped`: the forward pass and what :meth:`local_vjp` will read (the input, by default);
     - :meth:`refresh`: rebuild cached derived tensors (called at the start of every relaxation);
     - :meth:`connections`: the (source, target) neuron index pairs of a sparse op, else None;
     - ``elementwise``: the module acts on each value on its own (it mixes no neurons).
@@ -38,6 +39,12 @@ class OpModule:
         also adds the batch-summed dE/dtheta of its parameters to ``grads`` ({parameter: tensor}).
         ``need_input=False``: only the parameter gradients are wanted (may return None)."""
         raise NotImplementedError(f"{type(self).__name__} has no local rule")
+
+    def taped(self, x: Tensor) -> tuple[Tensor, object]:
+        """(f(x), what :meth:`local_vjp` receives as ``x``): the input itself by default. An op whose
+        rule would otherwise redo part of the forward pass saves that part here (max pooling: the
+        arg max of each window)."""
+        return self(x), x
 
     def refresh(self) -> None:
         """Rebuild cached tensors derived from the parameters (nothing by default)."""

@@ -50,15 +50,22 @@ def _pair(v) -> list[int]:
 
 
 class MaxPool2dModule(nn.MaxPool2d, OpModule):
-    """dE/dx: g goes to each window's arg max."""
+    """dE/dx: g goes to each window's arg max (saved by the forward pass, :meth:`taped`)."""
 
     has_local_rule = True
 
+    def taped(self, x):
+        y, idx = self._pool(x)
+        return y, (x, idx)
+
     def local_vjp(self, x, g, grads, need_input):
-        _, idx = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                              return_indices=True)
+        x, idx = x if isinstance(x, tuple) else (x, self._pool(x)[1])
         return _aten.max_pool2d_with_indices_backward(g, x, _pair(self.kernel_size), _pair(self.stride),
                                                       _pair(self.padding), _pair(self.dilation), self.ceil_mode, idx)
+
+    def _pool(self, x):
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                            return_indices=True)
 
 
 class AvgPool2dModule(nn.AvgPool2d, OpModule):

@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "pcgraph.builder": ["Graph"],
     "pcgraph.compiler": ["CompiledGraph", "compile"],
-    "pcgraph.data": ["Dataset", "load_dataset"],
+    "pcgraph.data": ["Dataset", "NodeBatches", "load_dataset", "to_nodes"],
     "pcgraph.energies": ["Energy", "Term", "register_energy"],
     "pcgraph.errors": ["DataError", "DivergenceError", "PCGraphError", "PCGraphWarning", "SpecError", "UsageError"],
     "pcgraph.ops": ["Op", "OpModule", "register_op"],
@@ -64,7 +64,7 @@ __all__ = [
     "WeightUpdate", "register_update", "Schedule", "register_schedule", "register_topology",
     # tasks
     "train", "TrainResult", "evaluate", "verify_bp", "BPCheck", "bp_gradients", "run_sequence", "SequenceResult",
-    "load", "Dataset", "load_dataset",
+    "load", "Dataset", "load_dataset", "NodeBatches", "to_nodes",
     # errors
     "PCGraphError", "SpecError", "DataError", "DivergenceError", "UsageError", "PCGraphWarning",
 ]

@@ -27,7 +27,7 @@ def _graph(args, dtype=None):
     from pcgraph.compiler import compile
     from pcgraph.spec import load_spec
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, args.overrides)
     return spec, compile(spec, dtype=dtype or torch.float32)
 
 
@@ -106,9 +106,13 @@ def cmd_train(args) -> int:
     from pcgraph.spec import load_spec
     from pcgraph.tasks import train
 
+    if args.resume is not None and (args.overrides or (args.spec and "=" in args.spec and not Path(args.spec).exists())):
+        raise UsageError(f"--resume continues the run's saved spec and takes no overrides (got "
+                         f"{' '.join(filter(None, [args.spec, *args.overrides]))}); to change the spec, train it "
+                         "into a new folder: pcgraph train SPEC PATH=VALUE --out NEW")
     if (args.spec is None) == (args.resume is None):
         raise UsageError("give either a SPEC to train or --resume DIR to continue a run")
-    spec = load_spec(args.spec) if args.spec else None
+    spec = load_spec(args.spec, args.overrides) if args.spec else None
     if spec is not None and args.compile:
         spec = spec.model_copy(update={"inference": spec.inference.model_copy(update={"compile": True})})
     if spec is not None and args.node_energies:
@@ -118,7 +122,7 @@ def cmd_train(args) -> int:
     log = _log_stderr if args.json else print  # module-level: it travels to --nproc workers
     result = train(spec, epochs=args.epochs, data_root=args.data_root, device=args.device, out=args.out,
                    progress=not args.no_progress, log=log, resume=args.resume, on_divergence=args.on_divergence,
-                   nproc=args.nproc, force=args.force)
+                   nproc=args.nproc, force=args.force, tensorboard=args.tensorboard)
     if os.environ.get("RANK", "0") != "0":  # under torchrun every rank returns here; rank 0 reports
         return 0
     trace = next((row["node_energy"] for row in reversed(result.history) if "node_energy" in row), None)
@@ -144,22 +148,24 @@ def cmd_eval(args) -> int:
     from pcgraph.solver import Solver
     from pcgraph.tasks.checkpoint import load
     from pcgraph.tasks.objective import Objective
-    from pcgraph.tasks.train import prepare, resolve_device
+    from pcgraph.tasks.setup import columns
+    from pcgraph.tasks.train import resolve_device
 
     graph, spec = load(args.run)
     if spec.data is None:
         raise UsageError("the run's spec has no data section to evaluate on")
     dev = resolve_device(args.device)
     graph = graph.to(dev)
-    _, _, x_test, y_test = prepare(load_dataset(spec.data.dataset, args.data_root), spec.data, graph, dev)
+    d = spec.data
+    _, test = columns(load_dataset(d.dataset, args.data_root, d.names("input") + d.names("target")), d, graph, dev)
     task = Objective(spec, graph)
-    value = task.evaluate(graph, Solver.from_spec(spec), x_test, y_test)
-    metric = task.metric
+    value = task.evaluate(graph, Solver.from_spec(spec), test)
+    metric, samples = task.metric, len(next(iter(test.values())))
     how = (spec.train.eval if metric == "accuracy" else f"completing {spec.data.complete}" if task.hidden
            else "inferred code")
-    print(f"{spec.name}: test {_score(metric, value)} ({how}, {len(y_test)} samples)")
+    print(f"{spec.name}: test {_score(metric, value)} ({how}, {samples} samples)")
     if args.json:
-        print(json.dumps({"name": spec.name, f"test_{metric}": value, "samples": len(y_test)}))
+        print(json.dumps({"name": spec.name, f"test_{metric}": value, "samples": samples}))
     return 0
 
 
@@ -172,7 +178,11 @@ def cmd_bench(args) -> int:
     from pcgraph.tasks import bench
     from pcgraph.tasks.paths import check_folder
 
-    specs = [load_spec(path) for path in args.specs]
+    overrides = args.overrides + [a for a in args.specs if "=" in a and not Path(a).exists()]
+    args.specs = [a for a in args.specs if a not in overrides]
+    if not args.specs:
+        raise UsageError(f"give at least one SPEC file to benchmark (got only overrides: {' '.join(overrides)})")
+    specs = [load_spec(path, overrides) for path in args.specs]
     if args.compile:
         specs = [s.model_copy(update={"inference": s.inference.model_copy(update={"compile": True})}) for s in specs]
     for path, spec in zip(args.specs, specs):
@@ -212,6 +222,64 @@ def cmd_bench(args) -> int:
                 bench.reconstruction_grid(spec, args.out, Path(args.images) / f"{folder}-reconstructions.png",
                                           args.data_root, folder=folder)
     return 0
+
+
+def cmd_tune(args) -> int:
+    from pcgraph.spec import load_spec
+    from pcgraph.tasks import search_space, tune
+    from pcgraph.tasks.paths import check_file, check_folder
+
+    optuna = tune.import_optuna()  # before any work: one line saying how to install it
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the study logs one line per trial itself
+    params = [search_space.parse_param(t) for t in args.param]
+    params += search_space.load_space(args.space) if args.space else []
+    if not params:
+        raise UsageError("give a search space: --param 'PATH=DISTRIBUTION' (DISTRIBUTION: "
+                         f"{search_space.FORMS}) or --space FILE")
+    if args.storage and args.study_dir:
+        raise UsageError("give --storage URL or --study-dir DIR (which holds study.db), not both")
+    folder = Path(args.study_dir) if args.study_dir else None
+    best = args.best or (folder / "best.yaml" if folder else None)
+    plots = Path(args.plots) if args.plots else folder
+    spec = load_spec(args.spec, args.overrides)
+    for where, option in ((folder, "--study-dir"), (Path(args.plots) if args.plots else None, "--plots")):
+        if where is not None:
+            check_folder(where, option)
+            where.mkdir(parents=True, exist_ok=True)
+    outputs = [(best, "--best")] + ([(plots / "history.png", "--plots"), (plots / "importances.png", "--plots")]
+                                    if plots else [])
+    for path, option in outputs:  # before hours of trials, not after
+        if path is not None:
+            check_file(path, option, args.force)
+    log = _log_stderr if args.json else print
+    result = tune.tune(spec, params, trials=args.trials, timeout=args.timeout, epochs=args.epochs,
+                       val_fraction=args.val_fraction, seed=args.seed, data_root=args.data_root, device=args.device,
+                       storage=args.storage or (f"sqlite:///{folder / 'study.db'}" if folder else None),
+                       study_name=args.study_name, pruner=None if args.prune else _no_pruner(), log=log)
+    counts = ", ".join(f"{n} {state}" for state, n in result.trials.items())
+    if result.best_spec is None:
+        log(f"study {result.study_name!r}: no trial completed ({counts}); nothing written")
+        if args.json:
+            print(result.to_json())
+        return 1
+    log(f"best: trial {result.best_trial}, validation {_score(result.metric, result.best_value)} with "
+        + " ".join(f"{p}={v:.4g}" if isinstance(v, float) else f"{p}={v}" for p, v in result.best_params.items())
+        + f" ({counts})")
+    if best is not None:
+        Path(best).write_text(result.best_yaml(args.val_fraction, args.epochs), encoding="utf-8")
+        log(f"wrote the best spec to {best}; train it on the whole training set, scored on the test set: "
+            f"pcgraph train {best}")
+    if plots is not None:
+        tune.save_plots(result.study, plots / "history.png", plots / "importances.png", log)
+    if args.json:
+        print(result.to_json())
+    return 0
+
+
+def _no_pruner():
+    import optuna
+
+    return optuna.pruners.NopPruner()
 
 
 def cmd_filter(args) -> int:
@@ -309,22 +377,19 @@ def cmd_verify_bp(args) -> int:
 
 
 def _data_batch(spec, graph, args, dtype):
-    import torch.nn.functional as F
-
-    from pcgraph.data import load_dataset
-    from pcgraph.tasks.train import prepare
+    from pcgraph.data import load_dataset, to_nodes
+    from pcgraph.spec.problems import data_refs, ref_path
+    from pcgraph.tasks.setup import columns
 
     d = spec.data
-    for field in ("input", "target"):
-        ref = d.ref(field)
-        if ref is not None and ref.neurons is not None:
-            raise SpecError(f"verify-bp compares with backprop, which clamps whole nodes; {getattr(d, field)} is "
-                            "a range of neurons (use --random-batch to clamp whole nodes)", f"data.{field}")
-    x, y, _, _ = prepare(load_dataset(d.dataset, args.data_root), d, graph, "cpu")
-    batch = {d.input: x[: args.batch_size].to(dtype)}
-    if d.target is not None:
-        batch[d.target] = F.one_hot(y[: args.batch_size], graph.nodes[d.target].shape[0]).to(dtype)
-    return batch
+    for field, i, ref, text in data_refs(d, ("input", "target")):
+        if ref.neurons is not None:
+            raise SpecError(f"verify-bp compares with backprop, which clamps whole nodes; {text} is "
+                            "a range of neurons (use --random-batch to clamp whole nodes)", ref_path(d, field, i))
+    names = d.names("input") + d.names("target")
+    train, _ = columns(load_dataset(d.dataset, args.data_root, names), d, graph, "cpu")
+    batch = to_nodes({k: v[: args.batch_size] for k, v in train.items()}, graph, names)
+    return {v: x.to(dtype) for v, x in batch.items()}
 
 
 def _count(n: int, noun: str) -> str:
@@ -379,6 +444,16 @@ def _methods(text: str) -> list[str]:
     return values
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
@@ -392,6 +467,12 @@ def _table(header: tuple, rows: list[tuple], file=None) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip(), file=file)
 
 
+def _add_overrides(parser: argparse.ArgumentParser, note: str = "") -> None:
+    parser.add_argument("overrides", nargs="*", metavar="PATH=VALUE",
+                        help="set a field of the spec, value as YAML: inference.steps=20 learning.optimizer.lr=1e-3 "
+                             f"'graph.nodes.h1.shape=[256]' graph.edges[0].fn=[linear] (docs/tuning.md){note}")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, like every other bad input
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -402,11 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     v = sub.add_parser("validate", help="check a spec (parse and compile)")
     v.add_argument("spec")
+    _add_overrides(v)
     v.set_defaults(fn=cmd_validate)
     s = sub.add_parser("schema", help="print the JSON Schema of the spec format")
     s.set_defaults(fn=cmd_schema)
     sh = sub.add_parser("show", help="print a spec's nodes, edges, totals and neuron-level degrees; draw it")
     sh.add_argument("spec")
+    _add_overrides(sh)
     sh.add_argument("--png", metavar="FILE", help="draw the neuron-level graph (up to --max-neurons neurons)")
     sh.add_argument("--max-neurons", type=_positive_int, default=300, help="largest graph --png draws (default 300)")
     sh.add_argument("--force", action="store_true", help="replace an existing --png file")
@@ -414,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.set_defaults(fn=cmd_show)
     t = sub.add_parser("train", help="train a spec with PC on its data set")
     t.add_argument("spec", nargs="?", help="the spec (omit with --resume)")
+    _add_overrides(t, " (recorded in the run folder's spec.yaml; not with --resume)")
     t.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (by --out)")
     t.add_argument("--on-divergence", choices=["stop", "skip"], default="stop",
                    help="stop (default) or skip a batch whose energy becomes NaN/inf")
@@ -422,7 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     t.add_argument("--out", help="write spec.yaml, metrics (jsonl, csv), checkpoint.pt every epoch, model.pt "
                    "(a folder holding another run is refused, see --force)")
-    t.add_argument("--force", action="store_true", help="with --out: replace the run already in that folder")
+    t.add_argument("--force", action="store_true", help="replace the run already in the --out folder and the event "
+                   "files in the --tensorboard folder")
     t.add_argument("--seed", type=_seed, help="override train.seed")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the inference loop (on cuda: captured once as a CUDA graph and replayed)")
@@ -430,10 +515,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel training in N processes on this machine (gloo on cpu; nccl on cuda, "
                         "one GPU each); data.batch_size stays the global batch, each process relaxes its "
                         "shard and gradients are all-reduced once per update; rank 0 logs and writes. "
-                        "For several machines launch with torchrun instead (see README)")
+                        "For several machines launch with torchrun instead (see docs/distributed.md)")
     t.add_argument("--node-energies", action="store_true",
                    help="record every node's energy at every inference step (inference.trace_nodes): in each "
                         "epoch's history (--json, metrics.jsonl) and, with --out, as node_energy.png")
+    t.add_argument("--tensorboard", metavar="DIR",
+                   help="write TensorBoard event files to DIR: the epoch metrics, learning rates, node energies and "
+                        "an inference energy curve per epoch (needs pip install 'pcgraph[tensorboard]'; a folder "
+                        "holding event files is refused unless --force)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="epoch lines to stderr, final figures as JSON on stdout")
     t.set_defaults(fn=cmd_train)
@@ -444,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(fn=cmd_eval)
     b = sub.add_parser("bench", help="train specs with PC and their backprop baseline over seeds: Table 1 rows")
-    b.add_argument("specs", nargs="+", metavar="SPEC")
+    b.add_argument("specs", nargs="+", metavar="SPEC", help="spec files, then PATH=VALUE overrides applied to each")
     b.add_argument("--seeds", type=_positive_int, default=3, help="seeds train.seed, +1, ... (default 3)")
     b.add_argument("--epochs", type=_positive_int, help="override train.epochs")
     b.add_argument("--methods", type=_methods, default=["pc", "bp"], help="pc,bp (default) or one of them")
@@ -459,9 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--images", metavar="DIR", help="reconstruction grids (PNG) of the autoencoder specs")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--json", action="store_true", help="log to stderr; the rows as one JSON line on stdout")
-    b.set_defaults(fn=cmd_bench)
+    b.set_defaults(fn=cmd_bench, overrides=[])
     fl = sub.add_parser("filter", help="run a recurrent graph (delayed edges) along a sequence, next to a Kalman filter")
     fl.add_argument("spec")
+    _add_overrides(fl)
     fl.add_argument("--length", type=_positive_int, help="length of the simulated sequence (default sequence.length)")
     fl.add_argument("--input", metavar="FILE",
                     help="observations and optionally true states (scored by state RMSE): CSV (rows = time steps, "
@@ -479,6 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     fl.set_defaults(fn=cmd_filter)
     vb = sub.add_parser("verify-bp", help="compare PC's parameter gradients with backprop's")
     vb.add_argument("spec")
+    _add_overrides(vb)
     vb.add_argument("--mode", choices=["exact", "approx"], default="exact",
                     help="exact: fixed prediction, must match BP; approx: output precision sweep")
     vb.add_argument("--precision-scales", type=_float_list, default=[1.0, 0.1, 0.01, 0.001],
@@ -494,14 +585,52 @@ def build_parser() -> argparse.ArgumentParser:
     vb.add_argument("--force", action="store_true", help="replace an existing --plot file")
     vb.add_argument("--json", action="store_true", help="last line: the result as JSON")
     vb.set_defaults(fn=cmd_verify_bp)
+    tu = sub.add_parser("tune", help="search hyperparameters with Optuna, scored on a validation split of the "
+                        "training set (never the test set)")
+    tu.add_argument("spec")
+    _add_overrides(tu, " (fixed for every trial)")
+    tu.add_argument("--param", action="append", default=[], metavar="'PATH=DISTRIBUTION'",
+                    help="a dimension of the search space, DISTRIBUTION one of 'uniform LOW HIGH', "
+                         "'log-uniform LOW HIGH', 'int LOW HIGH [log]', 'choice A B ...': e.g. --param "
+                         "'learning.optimizer.lr=log-uniform 1e-4 1e-2' --param 'inference.steps=int 4 32' (repeat)")
+    tu.add_argument("--space", metavar="FILE", help="a YAML search space: spec path -> distribution (as --param) "
+                    "or a list of choices")
+    tu.add_argument("--trials", type=_positive_int, default=20,
+                    help="the study's total of finished trials (default 20): a stored study continues up to it")
+    tu.add_argument("--timeout", type=_positive_float, metavar="S", help="start no trial after S seconds")
+    tu.add_argument("--epochs", type=_positive_int, help="epochs per trial (override train.epochs; the best "
+                    "spec keeps the spec's own)")
+    tu.add_argument("--val-fraction", type=_fraction, default=0.1,
+                    help="share of the training set held out as the validation split every trial is scored on "
+                         "(default 0.1, drawn with --seed); the test set is never used")
+    tu.add_argument("--seed", type=_seed, default=0, help="seed of the validation split and the TPE sampler")
+    tu.add_argument("--study-dir", metavar="DIR", help="keep the study in DIR/study.db (SQLite: run the command "
+                    "again to continue an interrupted study) and write best.yaml, history.png, importances.png there")
+    tu.add_argument("--storage", metavar="URL", help="an Optuna storage instead, e.g. sqlite:///study.db")
+    tu.add_argument("--study-name", help="the study's name in the storage (default: the spec's name)")
+    tu.add_argument("--best", metavar="FILE", help="write the best spec (resolved YAML) here (default DIR/best.yaml)")
+    tu.add_argument("--plots", metavar="DIR", help="write history.png and importances.png here (default: --study-dir)")
+    tu.add_argument("--no-prune", dest="prune", action="store_false",
+                    help="run every trial to the end (default: median pruning after each epoch)")
+    tu.add_argument("--force", action="store_true", help="replace existing --best and plot files")
+    tu.add_argument("--data-root", help="folder with the data set's files (default: $PCGRAPH_DATA)")
+    tu.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    tu.add_argument("--json", action="store_true", help="trial lines to stderr; best value, best params and "
+                    "trial counts as one JSON line on stdout")
+    tu.set_defaults(fn=cmd_tune)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and (not hasattr(args, "overrides") or any(a.startswith("-") for a in extra)):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit_:  # --help, or a usage error already printed as one line
         return int(exit_.code or 0)
+    if extra:  # PATH=VALUE after an option: argparse leaves them over
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.fn(args)
     except Interrupted as err:

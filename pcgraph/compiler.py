@@ -19,7 +19,7 @@ from pcgraph.errors import SpecError, UsageError
 from pcgraph.ops import Op, adopt
 from pcgraph.ops.activation import ScaleModule
 from pcgraph.spec import GraphSpec, NodeSpec
-from pcgraph.spec.problems import cycle_problems, role_problems
+from pcgraph.spec.problems import cycle_problems, data_refs, listed, ref_path, role_problems
 
 __all__ = ["CompiledGraph", "Edge", "Node", "States", "build_edge", "combine", "compile", "edge_forward",
            "max_bytes_default"]
@@ -190,30 +190,28 @@ def _terms(specs: dict[str, NodeSpec], nodes: dict[str, Node], dtype: torch.dtyp
 def _data_problems(data, nodes: dict[str, NodeSpec]) -> list[tuple[str, str]]:
     """The data section's node references: known nodes, neuron ranges inside them, ``complete``
     inside ``input``, ``input`` and ``target`` not overlapping."""
-    out, spans = [], {}
-    for field in ("input", "target", "complete"):
-        ref = data.ref(field)
-        if ref is None:
-            continue
+    out, spans = [], []
+    for field, i, ref, text in data_refs(data, ("input", "target", "complete")):
+        at = ref_path(data, field, i)
         if ref.node not in nodes:
-            out.append((f"data.{field}", f"unknown node {ref.node!r} (known: {', '.join(nodes)})"))
+            out.append((at, f"unknown node {ref.node!r} (known: {', '.join(nodes)})"))
             continue
         size = math.prod(nodes[ref.node].shape)
         r = ref.neurons or slice(0, size)
         if r.stop > size:
-            out.append((f"data.{field}", f"{getattr(data, field)} is out of range: {ref.node!r} has {size} "
-                        f"neurons (0..{size - 1})"))
-        spans[field] = (ref.node, r)
-    if "input" in spans and "target" in spans:
-        (a, x), (b, y) = spans["input"], spans["target"]
-        if a == b and x.start < y.stop and y.start < x.stop:
-            out.append(("data.target", f"{data.target} overlaps the input {data.input}: give them disjoint ranges"))
-    if "complete" in spans and "input" in spans:
-        (a, x), (b, y) = spans["input"], spans["complete"]
-        if a != b or y.start < x.start or y.stop > x.stop:
-            out.append(("data.complete", f"{data.complete} must be a range inside the input {data.input}"))
-        elif y.start == x.start and y.stop == x.stop:
-            out.append(("data.complete", "hiding the whole input leaves nothing to complete from"))
+            out.append((at, f"{text} is out of range: {ref.node!r} has {size} neurons (0..{size - 1})"))
+        spans.append((field, at, text, ref.node, r))
+    fed = [s for s in spans if s[0] != "complete"]
+    for k, (_, at, text, v, r) in enumerate(fed):  # each neuron is fed by one reference
+        for field, _, other, w, q in fed[:k]:
+            if v == w and r.start < q.stop and q.start < r.stop:
+                out.append((at, f"{text} overlaps the {field} {other}: give them disjoint ranges"))
+    for _, at, text, v, r in (s for s in spans if s[0] == "complete"):
+        inside = [s for s in fed if s[0] == "input" and s[3] == v and s[4].start <= r.start and r.stop <= s[4].stop]
+        if not inside:
+            out.append((at, f"{text} must be a range inside the input {listed(data, 'input')}"))
+        elif r == inside[0][4]:
+            out.append((at, "hiding the whole input leaves nothing to complete from"))
     return out
 
 

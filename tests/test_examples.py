@@ -101,3 +101,17 @@ def test_shipped_deep_specs_are_what_the_generator_writes(tmp_path):
         graph = pcgraph.compile(spec)
         depth = len([v for v in spec.graph.nodes if v.startswith("h")])
         assert graph.depth == depth + 1 and spec.learning.variant.kind == "epc"
+
+
+def test_torch_dataloader_trains_from_a_plain_dataloader():
+    assert load("torch_dataloader").main(epochs=2) > 0.8
+
+
+def test_digit_halves_feed_two_inputs_and_two_targets(tmp_path):
+    import pcgraph
+
+    load("digit_halves").write(tmp_path)
+    spec = pcgraph.load_spec(EXAMPLES / "digit_halves.yaml")
+    result = pcgraph.train(spec, epochs=1, data_root=str(tmp_path), progress=False, log=lambda line: None)
+    assert set(result.history[0]["test_accuracy_by_target"]) == {"digit", "parity"}
+    assert result.test_accuracy > 0.7

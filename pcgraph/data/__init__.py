@@ -1,4 +1,5 @@
-"""Data sets as in-memory tensors: the embedded digits, MNIST, Fashion-MNIST and CIFAR-10.
+"""Data sets as in-memory tensors: the embedded digits, MNIST, Fashion-MNIST and CIFAR-10, and
+your own arrays (:mod:`pcgraph.data.arrays`); batches to node dicts (:mod:`pcgraph.data.adapter`).
 
 ``digits`` is scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download): a fixed
 split of 1,437 training and 360 test images. MNIST and Fashion-MNIST are read from IDX files
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pcgraph.data.adapter import NodeBatches, fit, to_nodes  # noqa: F401 - re-exported
+from pcgraph.data.arrays import Arrays, load_npz
 from pcgraph.errors import DataError
 
 ENV_VAR = "PCGRAPH_DATA"
@@ -50,11 +53,15 @@ class Dataset:
     source: str = "embedded"
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None) -> Dataset:
+def load_dataset(name, root: str | os.PathLike | None = None, keys: list[str] | None = None) -> Dataset | Arrays:
     """Load ``digits``, ``mnist``, ``fashion_mnist`` or ``cifar10``. ``root`` (or $PCGRAPH_DATA) is
     a folder holding the IDX files, directly or in a ``mnist/``, ``fashion-mnist/`` or torchvision
     ``MNIST/raw`` sub-folder, or CIFAR-10 as ``[cifar10/]{train,test}/<class>/<image>``. Raises
-    :class:`DataError` saying how to get a missing data set."""
+    :class:`DataError` saying how to get a missing data set. ``name`` may also be a spec's npz
+    data set (``{kind: npz, train, test}``): then its :class:`Arrays` (only ``keys``, if given;
+    see :func:`pcgraph.data.arrays.load_npz`)."""
+    if not isinstance(name, str):
+        return load_npz(name, root, keys)
     if name == "digits":
         return _digits()
     if name not in NAMES:

@@ -9,6 +9,7 @@ rejects duplicate keys, and turns pydantic's errors into one :class:`SpecError` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from pcgraph.ops import op_json_schema
 from pcgraph.precision import schedule_json_schema
 from pcgraph.spec import problems
 from pcgraph.spec.graph import EdgeSpec, GraphBody, NodeSpec, _Strict  # noqa: F401 - re-exported
+from pcgraph.spec.overrides import apply_overrides
 from pcgraph.spec.run import (  # noqa: F401 - re-exported
     SGD,
     Adam,
@@ -77,8 +79,9 @@ def spec_from_dict(data: Any) -> GraphSpec:
         raise SpecError([(problems.path(e), problems.message(e)) for e in err.errors()]) from None
 
 
-def spec_from_yaml(text: str) -> GraphSpec:
-    """Parse YAML text (safe loader, duplicate keys refused) into a :class:`GraphSpec`."""
+def spec_from_yaml(text: str, overrides: Sequence[str] = ()) -> GraphSpec:
+    """Parse YAML text (safe loader, duplicate keys refused) into a :class:`GraphSpec`, after
+    setting the ``PATH=VALUE`` ``overrides`` (:mod:`pcgraph.spec.overrides`: ``inference.steps=20``)."""
     try:
         data = yaml.load(text, Loader=problems.UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except RecursionError:
@@ -88,17 +91,18 @@ def spec_from_yaml(text: str) -> GraphSpec:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(err, "problem", None) or str(err)
         raise SpecError(f"invalid YAML: {where}{problem}") from None
-    return spec_from_dict(data)
+    return spec_from_dict(apply_overrides(data, overrides) if overrides else data)
 
 
-def load_spec(path: str | Path) -> GraphSpec:
-    """Read a spec file. Raises :class:`SpecError` (with the file name) if it is unreadable or invalid."""
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> GraphSpec:
+    """Read a spec file, with ``overrides`` (``PATH=VALUE``, see :mod:`pcgraph.spec.overrides`) set.
+    Raises :class:`SpecError` (with the file name) if it is unreadable or invalid."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError(f"cannot read spec file {str(path)!r}: {getattr(err, 'strerror', None) or err}") from None
-    return spec_from_yaml(text)
+    return spec_from_yaml(text, overrides)
 
 
 def json_schema() -> dict:

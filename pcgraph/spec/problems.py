@@ -80,7 +80,8 @@ def message(e: dict) -> str:
 def path(e: dict) -> str:
     loc = ["from" if part == "source" else part for part in e["loc"]]
     # drop pydantic's union-member tags: ('inference', 'optimizer', 'sgd', 'lr') -> inference.optimizer.lr
-    loc = [p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] == "optimizer" and p in ("sgd", "adam", "euler"))]
+    loc = [p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] == "optimizer" and p in ("sgd", "adam", "euler"))
+           and not (i > 0 and loc[i - 1] == "dataset" and p in ("images", "npz"))]  # data.dataset's two kinds
     out = format_path(tuple(loc))
     if e["type"] == "op_args":
         out += e["ctx"]["sub"]
@@ -97,25 +98,42 @@ def role_problems(data, nodes: dict) -> list[tuple[str, str]]:
     whole latent node, a range of an observed node, and an observed node given no data are each a
     problem, named at the field to change. Unknown nodes are the caller's to report."""
     out, fed = [], set()
-    for field in ("input", "target"):
-        ref = data.ref(field)
-        if ref is None or ref.node not in nodes:
+    for field, i, ref, text in data_refs(data, ("input", "target")):
+        if ref.node not in nodes:
             continue
         fed.add(ref.node)
-        role, text = nodes[ref.node].role, getattr(data, field)
+        role, at = nodes[ref.node].role, ref_path(data, field, i)
         if ref.neurons is None and role == "latent":
-            out.append((f"data.{field}", f"{text!r} is a latent node, which is inferred, not clamped: declare it "
+            out.append((at, f"{text!r} is a latent node, which is inferred, not clamped: declare it "
                         f"`role: observed` (graph.nodes.{ref.node}.role) or clamp the data to an observed node"))
         elif ref.neurons is not None and role == "observed":
-            out.append((f"data.{field}", f"{text} clamps part of {ref.node!r} and leaves the rest to inference, "
+            out.append((at, f"{text} clamps part of {ref.node!r} and leaves the rest to inference, "
                         f"so {ref.node!r} is latent: remove `role: observed` from graph.nodes.{ref.node} (an observed "
                         "node is clamped whole)"))
     for v, n in nodes.items():
         if n.role == "observed" and v not in fed:
             out.append((f"graph.nodes.{v}.role", f"{v!r} is observed, but the data section clamps nothing to it "
-                        f"(data.input: {data.input}, data.target: {data.target}); point data.input or data.target "
+                        f"(data.input: {listed(data, 'input')}, data.target: {listed(data, 'target')}); point data.input or data.target "
                         "at it, or make it latent (remove `role: observed`)"))
     return out
+
+
+def data_refs(data, fields: tuple[str, ...]):
+    """(field, index, NodeRef, text) for every node reference of ``data`` in ``fields``."""
+    for field in fields:
+        for i, (ref, text) in enumerate(zip(data.refs(field), data.names(field))):
+            yield field, i, ref, text
+
+
+def ref_path(data, field: str, i: int) -> str:
+    """The YAML path of a data reference: ``data.input``, or ``data.input[1]`` in a list."""
+    return f"data.{field}[{i}]" if isinstance(getattr(data, field), list) else f"data.{field}"
+
+
+def listed(data, field: str) -> str:
+    """A data field's references as text: ``image``, ``left, right``."""
+    value = getattr(data, field)
+    return ", ".join(value) if isinstance(value, list) else str(value)
 
 
 def cycle_problems(spec, cycle: list[str] | None) -> list[tuple[str, str]]:

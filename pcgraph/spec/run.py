@@ -8,10 +8,13 @@ from typing import Annotated, Any, Literal, NamedTuple
 import torch
 from pydantic import (
     BeforeValidator,
+    Discriminator,
     Field,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -211,43 +214,115 @@ class NodeRef(NamedTuple):
 _REF = re.compile(r"(?P<node>[^\[\]]+?)(\[\s*(?P<start>\d+)\s*:\s*(?P<stop>\d+)\s*\])?")
 
 
+class NpzData(_Strict):
+    """Your own data: two ``.npz`` files (``numpy.savez``), the train and the test split, holding one
+    array per data node, under the node's name as written in ``data.input`` / ``data.target`` (a
+    node, or ``node[start:stop]``). Arrays have the samples first; a 1-D integer array for a node of
+    shape [C] holds class labels (clamped one-hot)."""
+
+    kind: Literal["npz"] = "npz"
+    train: str = Field(min_length=1, description="The training split's .npz file; a relative path is looked up "
+                       "in --data-root (or $PCGRAPH_DATA), then in the current folder.")
+    test: str = Field(min_length=1, description="The test split's .npz file, found as train is.")
+
+
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+
+
+def _dataset_kind(value: Any) -> str:
+    return "npz" if isinstance(value, (dict, NpzData)) else "images"
+
+
+DatasetField = Annotated[
+    Annotated[Literal[IMAGE_DATASETS], Tag("images")] | Annotated[NpzData, Tag("npz")],
+    Discriminator(_dataset_kind),
+]
+
+
 class DataSpec(_Strict):
     """The data set and which nodes (or neuron ranges, ``x[0:64]``) it is clamped to. With a
     ``target`` the task is classification (one-hot labels clamped to the target, metric: test
     accuracy); without one (``target: null``) it is reconstruction of the input (metric: test mean
     squared error per pixel). With ``complete`` it is completion: at test time those input neurons
-    are hidden, inferred, and scored by their mean squared error (an associative memory)."""
+    are hidden, inferred, and scored by their mean squared error (an associative memory).
 
-    dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10"] = Field(
+    An ``npz`` dataset can feed several nodes: ``input: [left, right]``, ``target: [digit, parity]``
+    (each target is scored; the test accuracy is their mean). The image data sets feed one input
+    and one target."""
+
+    dataset: DatasetField = Field(
         description="digits: scikit-learn's embedded 8x8 digits; mnist, fashion_mnist: 28x28; "
-        "cifar10: 3x32x32 colour images."
+        "cifar10: 3x32x32 colour images; or {kind: npz, train: FILE, test: FILE}: your own arrays, one per node."
     )
-    input: str = Field("image", description="Node (or node[start:stop]) the images are clamped to: a whole "
-                       "node is `role: observed`, a node with a clamped range is latent.")
-    target: str | None = Field(
+    input: str | list[str] = Field("image", description="Node (or node[start:stop]) the images are clamped to: a "
+                                   "whole node is `role: observed`, a node with a clamped range is latent; a list of "
+                                   "them with an npz dataset.")
+    target: str | list[str] | None = Field(
         "label", description="Node (or node[start:stop]) the one-hot labels are clamped to, observed or latent as "
-        "for input; null: reconstruction.")
+        "for input (a list with an npz dataset); null: reconstruction.")
     complete: str | None = Field(
         None, description="Input neurons hidden at test time, inferred and scored by MSE, e.g. x[32:64].")
     batch_size: PositiveInt = Field(128, description="Training batch size.")
     test_batch_size: PositiveInt = Field(1000, description="Evaluation batch size.")
     normalize: Literal["unit", "center"] | Standardize = Field(
-        "center", description="unit: pixels in [0, 1]; center: (x - 0.5) / 0.5 in [-1, 1]; or "
-        "{mean: [...], std: [...]} per channel."
+        "center", description="unit: pixels in [0, 1] (npz: the arrays as stored, its default); center: "
+        "(x - 0.5) / 0.5 in [-1, 1]; or {mean: [...], std: [...]} per channel."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _npz_as_stored(cls, data: Any) -> Any:
+        """An npz dataset's arrays are clamped as stored unless ``normalize`` says otherwise."""
+        if isinstance(data, dict) and _dataset_kind(data.get("dataset")) == "npz" and "normalize" not in data:
+            return {**data, "normalize": "unit"}
+        return data
 
-    @field_validator("input", "target", "complete")
+    @field_validator("input", "target")
+    @classmethod
+    def _references(cls, v: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:
+        if not isinstance(v, list):
+            return cls._reference(v)
+        if not v:
+            raise ValueError("expected a node name or a list of them, got an empty list")
+        for i, text in enumerate(v):
+            try:
+                NodeRef.parse(text)
+            except ValueError as err:
+                raise ValueError(f"item {i}: {err}") from None
+        twice = sorted({t for t in v if v.count(t) > 1})
+        if twice:
+            raise ValueError(f"each node is fed once, but the list names {', '.join(twice)} twice")
+        if len(v) == 1:
+            return v[0]
+        if isinstance(info.data.get("dataset"), str):
+            raise ValueError(f"{info.data['dataset']} supplies one {'image' if info.field_name == 'input' else 'label'} "
+                             f"per sample, not {len(v)}; several {info.field_name} nodes need an npz dataset "
+                             "(dataset: {kind: npz, train: FILE, test: FILE}, one array per node)")
+        return v
+
+    @field_validator("complete")
     @classmethod
     def _reference(cls, v: str | None) -> str | None:
         if v is not None:
             NodeRef.parse(v)
         return v
 
-    def ref(self, field: str) -> NodeRef | None:
-        """``input``, ``target`` or ``complete`` as a :class:`NodeRef` (None when not set)."""
+    def names(self, field: str) -> list[str]:
+        """The references of ``input``, ``target`` or ``complete`` as written (none: [])."""
         value = getattr(self, field)
-        return None if value is None else NodeRef.parse(value)
+        return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+    def refs(self, field: str) -> list[NodeRef]:
+        """``input``, ``target`` or ``complete`` as :class:`NodeRef` s."""
+        return [NodeRef.parse(text) for text in self.names(field)]
+
+    def ref(self, field: str) -> NodeRef | None:
+        """The one reference of ``input``, ``target`` or ``complete`` (None when not set); a
+        ValueError when the field lists several (read them with :meth:`refs`)."""
+        refs = self.refs(field)
+        if len(refs) > 1:
+            raise ValueError(f"data.{field} names {len(refs)} nodes; read them with refs({field!r})")
+        return refs[0] if refs else None
 
 
 class TrainSpec(_Strict):

@@ -70,9 +70,9 @@ def flops_per_update(spec: GraphSpec, method: str) -> int:
     graph = compile(spec)
     b = spec.data.batch_size
     task = Objective(spec, graph)
-    x = torch.rand(b, *task.shape(graph, task.input_ref))
-    classes = math.prod(task.shape(graph, task.target_ref)) if task.target_ref is not None else 0
-    batch = task.batch(x, torch.randint(0, max(classes, 1), (b,)), classes)
+    data = {text: torch.rand(b, *task.shape(graph, ref)) for text, ref in task.inputs}
+    data |= {text: torch.randint(0, math.prod(task.shape(graph, ref)), (b,)) for text, ref in task.targets}
+    batch = task.batch(data)  # random images, random labels one-hot
     with FlopCounterMode(display=False) as counter:
         if method == "pc":
             opt = weight_optimizer(spec.learning.optimizer, graph.parameters())

@@ -18,7 +18,7 @@ from pcgraph.tasks.setup import weight_optimizer
 class Method:
     """What the two methods share: the graph, the objective, the solver (also used to score) and
     ``scored``, whether train accuracy is scored from feedforward predictions (acyclic graphs with
-    whole input and target nodes)."""
+    whole input nodes and one whole target node)."""
 
     name = ""
     steps = 1  # parameter updates per batch (how often a distributed stepper all-reduces)
@@ -28,9 +28,9 @@ class Method:
         self.graph, self.task, self.solver = graph, task, solver
         self.node_sums: dict[str, Tensor] = {}  # the solver's node trace, summed over the epoch's samples
         self.node_count = 0
-        self.input, self.target = spec.data.input, spec.data.target
-        self.scored = task.classify and graph.acyclic and task.input_ref.neurons is None \
-            and task.target_ref.neurons is None
+        self.inputs, self.target = [ref.node for _, ref in task.inputs], task.target
+        self.scored = task.classify and graph.acyclic and len(task.targets) == 1 \
+            and all(ref.neurons is None for _, ref in task.inputs + task.targets)
         self.model: torch.nn.Module = graph  # what is trained, broadcast and saved
         self.optimizer_spec, self.optimizer_path = spec.learning.optimizer, "learning.optimizer"
 
@@ -46,16 +46,16 @@ class Method:
         (the energy to add to the epoch's sum or None, the target's predictions or None)."""
         raise NotImplementedError
 
-    def evaluate(self, x: Tensor, y: Tensor) -> float:
-        """The test metric on (x, y)."""
-        return self.task.evaluate(self.graph, self.solver, x, y, None)
+    def scores(self, data: dict) -> dict[str, float]:
+        """The test metric per target on ``data``, ``{reference: values}`` (:meth:`Objective.scores`)."""
+        return self.task.scores(self.graph, self.solver, data, None)
 
     def states_per_sample(self) -> int:
         return self.task.states_per_sample(self.graph)
 
     def _feedforward(self, batch: dict) -> Tensor:
         with torch.no_grad():
-            return self.graph({self.input: batch[self.input]})[self.target]
+            return self.graph({v: batch[v] for v in self.inputs})[self.target]
 
 
 class PCMethod(Method):
@@ -100,8 +100,8 @@ class BPMethod(Method):
         predicted = self._feedforward(batch) if self.scored else None
         return self.baseline.step(batch, stepper) * n, predicted
 
-    def evaluate(self, x: Tensor, y: Tensor) -> float:
-        return self.task.evaluate(self.graph, self.solver, x, y, self.baseline)
+    def scores(self, data: dict) -> dict[str, float]:
+        return self.task.scores(self.graph, self.solver, data, self.baseline)
 
     def states_per_sample(self) -> int:
         return 0

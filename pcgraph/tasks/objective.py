@@ -21,13 +21,25 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pcgraph.compiler import CompiledGraph, States, build_edge
+from pcgraph.data.adapter import fit, graph_dtype
 from pcgraph.errors import SpecError
 from pcgraph.solver import Clamp
 from pcgraph.spec import GraphSpec, NodeRef
+from pcgraph.spec.problems import data_refs, ref_path
+
+
+def labels(values: Tensor) -> Tensor:
+    """Class labels (N,) of a target: the values if they are labels, else the argmax of each
+    sample's values (one-hot or soft labels)."""
+    return values if values.dim() == 1 and not values.is_floating_point() else values.reshape(len(values), -1).argmax(1)
+
+
+def ref_shape(shape: tuple[int, ...], ref: NodeRef) -> tuple[int, ...]:
+    """Per-sample shape of the data a reference takes: its node's ``shape``, or (length,) for a range."""
+    return shape if ref.neurons is None else (ref.neurons.stop - ref.neurons.start,)
 
 
 def root_latents(graph: CompiledGraph, data_node: str) -> list[str]:
@@ -43,18 +55,26 @@ class Objective:
         if d is None:
             raise SpecError("training needs a data section naming the input node", "data")
         self.spec = spec
-        self.input_ref, self.target_ref, self.hidden = d.ref("input"), d.ref("target"), d.ref("complete")
+        self.inputs, self.targets = list(zip(d.names("input"), d.refs("input"))), list(zip(d.names("target"), d.refs("target")))
+        self.input_ref, self.target_ref, self.hidden = self.inputs[0][1], (self.targets[0][1] if self.targets else None), d.ref("complete")
         self.input = self.input_ref.node
         self.target = self.target_ref.node if self.target_ref else None
         self.shapes = {v: graph.nodes[v].shape for v in graph.nodes}
+        self.dtype, self.device = graph_dtype(graph)
         self.classify = d.target is not None and d.complete is None
         self.metric = "accuracy" if self.classify else "mse"
         self.higher_is_better = self.classify
-        partial = self.input_ref.neurons is not None or (self.target_ref and self.target_ref.neurons is not None)
+        self.score_keys = [t for t, _ in self.targets] if self.classify else [self.inputs[0][0]]  # what scores() keys
+        partial = any(ref.neurons is not None for _, ref in self.inputs + self.targets)
         if self.classify and spec.train.eval == "feedforward" and partial:
             raise SpecError("a feedforward evaluation reads whole nodes; with neuron ranges in data use "
                             "train.eval: inference", "train.eval")
-        if self.classify or self.hidden is not None:
+        if self.classify:
+            return
+        if len(self.inputs) > 1:
+            raise SpecError(f"{'completion' if self.hidden else 'reconstruction'} takes one input node, got "
+                            f"{len(self.inputs)}: {', '.join(d.names('input'))}", "data.input")
+        if self.hidden is not None:
             return
         if self.input_ref.neurons is not None:
             raise SpecError("reconstruction decodes a whole node; for part of one use data.complete",
@@ -66,16 +86,29 @@ class Objective:
                             "(a generative model with the pixels at a leaf)", "data.input")
         self.roots = root_latents(graph, d.input)
 
-    def batch(self, x: Tensor, y: Tensor, classes: int) -> dict:
-        """The clamped nodes of one training batch (:class:`Clamp` entries for neuron ranges)."""
-        parts = [(self.input_ref, x)]
-        if self.target_ref is not None:
-            parts.append((self.target_ref, F.one_hot(y, classes).to(x.dtype)))
-        return self._clamp(parts)
+    def data(self, x: Tensor | dict, y: Tensor | None = None) -> dict[str, Tensor]:
+        """``{reference: values}``: ``x`` if it is such a dict, else one input ``x`` and target ``y``."""
+        if isinstance(x, dict):
+            return x
+        out = {self.inputs[0][0]: x}
+        if self.targets and y is not None:
+            out[self.targets[0][0]] = y
+        return out
 
-    def test_batch(self, x: Tensor) -> dict:
-        """The input alone, less the hidden neurons when completing."""
-        return self._clamp([(self.input_ref, x)], self.hidden)
+    def batch(self, x: Tensor | dict, y: Tensor | None = None, classes: int | None = None, check: bool = True) -> dict:
+        """The clamped nodes of one training batch (:class:`Clamp` entries for neuron ranges):
+        ``x`` is ``{reference: values}`` for every input and target, or the one input with the one
+        target ``y``; each is fitted to its node (:func:`pcgraph.data.adapter.fit`: class labels
+        one-hot, values reshaped, in the graph's dtype). ``check``: check the labels' range (a
+        prepared data set's are checked once, when it is read). ``classes`` is the target's size."""
+        return self._clamp(self._fit(self.data(x, y), self.inputs + self.targets, check))
+
+    def test_batch(self, x: Tensor | dict) -> dict:
+        """The inputs alone, less the hidden neurons when completing."""
+        return self._clamp(self._fit(self.data(x), self.inputs, True), self.hidden)
+
+    def _fit(self, data: dict, refs: list, check: bool) -> list[tuple[NodeRef, Tensor]]:
+        return [(ref, fit(data[text], ref_shape(self.shapes[ref.node], ref), text, self.dtype, self.device, check)) for text, ref in refs]
 
     def _clamp(self, parts: list[tuple[NodeRef, Tensor]], hide: NodeRef | None = None) -> dict:
         out, ranges = {}, {}
@@ -100,18 +133,15 @@ class Objective:
     def states_per_sample(self, graph: CompiledGraph) -> int:
         """Values inferred per training sample: every neuron not clamped by the data or an observed role."""
         clamped = {v for v, n in graph.nodes.items() if n.spec.role == "observed"}
-        partly = 0
-        for ref in (self.input_ref, self.target_ref):
-            if ref is not None and ref.neurons is None:
-                clamped.add(ref.node)
-            elif ref is not None and ref.node not in clamped:
-                partly += ref.neurons.stop - ref.neurons.start
+        refs = [ref for _, ref in self.inputs + self.targets]
+        clamped |= {ref.node for ref in refs if ref.neurons is None}
+        partly = sum(ref.neurons.stop - ref.neurons.start for ref in refs if ref.neurons is not None and ref.node not in clamped)
         return graph.states_per_sample(clamped) - partly
 
     @staticmethod
     def shape(graph: CompiledGraph, ref: NodeRef) -> tuple[int, ...]:
         """Per-sample shape of the data a reference takes: the node's, or (length,) for a range."""
-        return graph.nodes[ref.node].shape if ref.neurons is None else (ref.neurons.stop - ref.neurons.start,)
+        return ref_shape(graph.nodes[ref.node].shape, ref)
 
     @staticmethod
     def _read(states: States, ref: NodeRef) -> Tensor:
@@ -119,30 +149,44 @@ class Objective:
         return x if ref.neurons is None else x.reshape(len(x), -1)[:, ref.neurons]
 
     @torch.no_grad()
-    def evaluate(self, graph: CompiledGraph, solver, x: Tensor, y: Tensor, baseline: Backprop | None = None) -> float:
-        """Test accuracy or test MSE per pixel, over ``x`` in batches of ``data.test_batch_size``
-        (``baseline``: score the backprop model instead of PC)."""
-        size, total = self.spec.data.test_batch_size, 0.0
-        for i in range(0, len(x), size):
-            xb, yb = x[i: i + size], y[i: i + size]
+    def evaluate(self, graph: CompiledGraph, solver, x: Tensor | dict, y: Tensor | None = None,
+                 baseline: Backprop | None = None) -> float:
+        """Test accuracy (several targets: their mean) or test MSE per pixel, over the test data
+        (``x``: ``{reference: values}``, or the input with the target ``y``) in batches of
+        ``data.test_batch_size`` (``baseline``: score the backprop model instead of PC)."""
+        scores = self.scores(graph, solver, self.data(x, y), baseline)
+        return sum(scores.values()) / len(scores)
+
+    @torch.no_grad()
+    def scores(self, graph: CompiledGraph, solver, data: dict, baseline: Backprop | None = None) -> dict[str, float]:
+        """The test metric per target, ``{target: accuracy}`` (reconstruction, completion: ``{input: mse}``)."""
+        size, n = self.spec.data.test_batch_size, len(next(iter(data.values())))
+        totals = dict.fromkeys(self.score_keys, 0.0)
+        for i in range(0, n, size):
+            part = {k: v[i: i + size] for k, v in data.items()}
+            xb = part[self.inputs[0][0]]
+            if self.classify:
+                if baseline is not None or self.spec.train.eval == "feedforward":  # the baseline: the same graph
+                    states = graph(self.test_batch(part))
+                else:
+                    with torch.enable_grad():
+                        states = solver.relax(graph, self.test_batch(part)).states
+                for text, ref in self.targets:
+                    totals[text] += float((self._read(states, ref).argmax(1) == labels(part[text])).sum())
+                continue
             if baseline is not None:
                 out = baseline.predict(xb)
-            elif self.classify and self.spec.train.eval == "feedforward":
-                out = self._read(graph({self.input: xb}), self.target_ref)
             else:
                 with torch.enable_grad():
-                    states = solver.relax(graph, self.test_batch(xb)).states
+                    states = solver.relax(graph, self.test_batch(part)).states
                 if self.hidden is not None:  # MSE per hidden neuron
                     start = self.hidden.neurons.start - (self.input_ref.neurons or slice(0, 0)).start
                     truth = xb.reshape(len(xb), -1)[:, start: start + self.hidden.neurons.stop - self.hidden.neurons.start]
-                    total += float(((self._read(states, self.hidden) - truth) ** 2).mean(1).sum())
+                    totals[self.inputs[0][0]] += float(((self._read(states, self.hidden) - truth) ** 2).mean(1).sum())
                     continue
-                out = self._read(states, self.target_ref) if self.classify else self.decode(graph, states)
-            if self.classify:
-                total += float((out.argmax(1) == yb).sum())
-            else:
-                total += float(((out - xb) ** 2).sum()) / xb[0].numel()
-        return total / len(x)
+                out = self.decode(graph, states)
+            totals[self.inputs[0][0]] += float(((out - xb) ** 2).sum()) / xb[0].numel()
+        return {k: v / n for k, v in totals.items()}
 
     def decode(self, graph: CompiledGraph, states: States) -> Tensor:
         """The input node's value after a feedforward pass from the root latents alone."""
@@ -164,11 +208,10 @@ class Backprop(nn.Module):
         if not graph.acyclic:
             raise SpecError("backprop needs a feedforward pass, and this graph has a cycle", "graph.edges")
         d = spec.data
-        for field in ("input", "target"):
-            ref = d.ref(field) if d is not None else None
-            if ref is not None and ref.neurons is not None:
-                raise SpecError(f"the backprop baseline clamps whole nodes; {getattr(d, field)} is a range of "
-                                "neurons", f"data.{field}")
+        for field, i, ref, text in data_refs(d, ("input", "target")) if d is not None else ():
+            if ref.neurons is not None:
+                raise SpecError(f"the backprop baseline clamps whole nodes; {text} is a range of neurons",
+                                ref_path(d, field, i))
         enc = spec.bp.encoder
         if enc is None:
             return

@@ -8,6 +8,7 @@ the loops share the run's state, and read best in one file.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -19,14 +20,15 @@ import torch
 from torch import Tensor
 
 from pcgraph.compiler import CompiledGraph, compile
-from pcgraph.data import load_dataset
+from pcgraph.data import Dataset, load_dataset
 from pcgraph.errors import DivergenceError, Interrupted, SpecError, UsageError
 from pcgraph.solver import Solver
 from pcgraph.spec import GraphSpec, spec_from_yaml
 from pcgraph.tasks import checkpoint, distributed, runfolder
 from pcgraph.tasks.interrupt import StopOnSignal, progress_bar
 from pcgraph.tasks.methods import Method, make_method
-from pcgraph.tasks.objective import Objective
+from pcgraph.tasks.objective import Objective, labels
+from pcgraph.tasks.setup import columns as split_columns
 from pcgraph.tasks.setup import lr_schedule as lr_schedule
 from pcgraph.tasks.setup import prepare as prepare
 from pcgraph.tasks.setup import resolve_device as resolve_device
@@ -70,17 +72,20 @@ class TrainResult:
                            f"best_test_{self.metric}": self.best_test_metric})
 
 
-def evaluate(graph: CompiledGraph, spec: GraphSpec, solver: Solver, x: Tensor, y: Tensor) -> float:
-    """The spec's test metric on (x, y): accuracy (the target's argmax after a feedforward pass or
-    after inference with only the input clamped, ``train.eval``), or reconstruction MSE per pixel
-    (see :class:`pcgraph.tasks.objective.Objective`)."""
+def evaluate(graph: CompiledGraph, spec: GraphSpec, solver: Solver, x: Tensor | dict, y: Tensor | None = None) -> float:
+    """The spec's test metric on (x, y), or on ``x = {reference: values}`` for every data node:
+    accuracy (the target's argmax after a feedforward pass or after inference with only the inputs
+    clamped, ``train.eval``; several targets: their mean), or reconstruction MSE per pixel (see
+    :class:`pcgraph.tasks.objective.Objective`)."""
     return Objective(spec, graph).evaluate(graph, solver, x, y)
 
 
 def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root: str | None = None,
           device: str = "cpu", out: str | Path | None = None, progress: bool = True,
           log: Callable[[str], None] = print, method: str = "pc", resume: str | Path | None = None,
-          on_divergence: str = "stop", nproc: int | None = None, force: bool = False) -> TrainResult:
+          on_divergence: str = "stop", nproc: int | None = None, force: bool = False,
+          dataset: Dataset | None = None, on_epoch: Callable[[dict], None] | None = None,
+          tensorboard: str | Path | None = None) -> TrainResult:
     """Train ``spec`` on its data set and return the final figures.
 
     ``method="pc"`` trains with predictive coding; ``"bp"`` trains the spec's backprop baseline
@@ -105,6 +110,13 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
     group. ``data.batch_size`` stays the global batch: each rank relaxes a contiguous shard of it
     and the gradients are averaged over the whole batch, so an update equals the single-process
     one. Rank 0 logs and writes; checkpoints count global batches, so a run resumes on any N.
+
+    ``dataset`` trains on it instead of loading ``spec.data.dataset`` (its test split is what each
+    epoch scores: the tuner passes a validation split there). ``on_epoch(row)`` is called with each
+    epoch's history row, after it is logged and saved; what it raises ends the run (in one process).
+    ``tensorboard=DIR`` writes TensorBoard event files there (:mod:`pcgraph.tasks.tensorboard`:
+    the rows, learning rates, node energies, an inference energy curve per epoch); a folder holding
+    event files is refused unless ``force`` (or continued by ``resume``).
     """
     if method not in ("pc", "bp"):
         raise ValueError(f"method must be pc or bp, got {method!r}")
@@ -114,9 +126,16 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
         raise UsageError(f"the number of processes must be at least 1, got {nproc}")
     if out is not None and os.environ.get("RANK", "0") == "0":
         runfolder.claim(Path(out), resume, force)
+    if tensorboard is not None and os.environ.get("RANK", "0") == "0":
+        from pcgraph.tasks import tensorboard as tb
+
+        tb.check(tensorboard, force, resume is not None)
     args = dict(spec=spec, epochs=epochs, data_root=data_root, device=device, out=out, progress=progress,
-                log=log, method=method, resume=resume, on_divergence=on_divergence)
+                log=log, method=method, resume=resume, on_divergence=on_divergence, dataset=dataset,
+                tensorboard=tensorboard)
     if nproc is not None and nproc > 1:
+        if on_epoch is not None:
+            raise UsageError("on_epoch runs in one process; leave out nproc")
         if distributed.under_torchrun():
             raise UsageError("--nproc starts its own processes; under torchrun leave it out "
                              "(torchrun's --nproc-per-node sets the number)")
@@ -124,15 +143,26 @@ def train(spec: GraphSpec | None = None, *, epochs: int | None = None, data_root
         distributed.check_devices(dev, nproc)
         return distributed.launch(train, nproc, dev, args)
     with distributed.joined(resolve_device(device)) as ctx:
-        return _train(ctx, **args)
+        return _train(ctx, on_epoch, **args)
 
 
-def _train(ctx: distributed.Context, **args) -> TrainResult:
-    """One process's part of :func:`train`: set up, run the epochs, sum up."""
+def _train(ctx: distributed.Context, on_epoch: Callable[[dict], None] | None = None,
+           tensorboard: str | Path | None = None, **args) -> TrainResult:
+    """One process's part of :func:`train`: set up, run the epochs (each row then goes to the
+    epoch hooks: the TensorBoard logger, ``on_epoch``), sum up."""
     run = setup_run(ctx, **args)
-    with StopOnSignal() as stop:
-        for epoch in range(run.first_epoch, run.n_epochs + 1):
-            run_epoch(run, epoch, stop)
+    with contextlib.ExitStack() as stack:
+        hooks = []
+        if tensorboard is not None and ctx.main:
+            from pcgraph.tasks.tensorboard import TensorBoardLogger
+
+            hooks.append(stack.enter_context(TensorBoardLogger(tensorboard, run)))
+        hooks += [on_epoch] if on_epoch is not None else []
+        with StopOnSignal() as stop:
+            for epoch in range(run.first_epoch, run.n_epochs + 1):
+                run_epoch(run, epoch, stop)
+                for hook in hooks:
+                    hook(run.history[-1])
     return run.finish()
 
 
@@ -150,8 +180,7 @@ class RunSetup:
     on_divergence: str
     out: Path | None  # the run folder
     folder: Path | None  # where this rank writes: ``out`` on rank 0, else None
-    data: tuple[Tensor, Tensor, Tensor, Tensor]  # x_train, y_train, x_test, y_test
-    classes: int
+    data: tuple[dict[str, Tensor], dict[str, Tensor]]  # train, test: {data.input/target reference: values}
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     stepper: torch.optim.Optimizer  # the optimizer, or its all-reducing wrapper with several ranks
@@ -190,7 +219,7 @@ class RunSetup:
 
 
 def setup_run(ctx: distributed.Context, spec, epochs, data_root, device, out, progress, log, method, resume,
-              on_divergence) -> RunSetup:
+              on_divergence, dataset=None) -> RunSetup:
     """Check the arguments and build the run: the spec (a resumed run's), graph, method, data,
     optimizer and schedule, restored from the checkpoint when resuming; create the run folder."""
     saved = checkpoint.read(resume) if resume is not None else None
@@ -213,19 +242,22 @@ def setup_run(ctx: distributed.Context, spec, epochs, data_root, device, out, pr
     m = make_method(method, spec, graph, task, dev)
     optimizer = weight_optimizer(m.optimizer_spec, m.model.parameters(), m.optimizer_path)
     d = spec.data
-    data = load_dataset(d.dataset, data_root)
+    data = load_dataset(d.dataset, data_root, d.names("input") + d.names("target")) if dataset is None else dataset
+    tensors = split_columns(data, d, graph, dev)
+    n_train, n_test = (len(next(iter(split.values()))) for split in tensors)
     if data.source != "embedded":
         note = " (CIFAR-10 from an image folder: if it is this project's JPEG copy, results can differ " \
                "slightly from the original)" if (Path(data.source) / "train").is_dir() else ""
-        log(f"data: {d.dataset}, {len(data.y_train):,} train / {len(data.y_test):,} test images from {data.source}{note}")
-    tensors = prepare(data, d, graph, dev)
+        what = f"{d.dataset}, {n_train:,} train / {n_test:,} test images" if isinstance(d.dataset, str) else \
+            f"npz, {n_train:,} train / {n_test:,} test samples"
+        log(f"data: {what} from {data.source}{note}")
     n_epochs = (saved["epochs"] if saved else spec.train.epochs) if epochs is None else epochs
-    scheduler = lr_schedule(optimizer, spec.learning, n_epochs * -(-len(tensors[0]) // d.batch_size))
+    scheduler = lr_schedule(optimizer, spec.learning, n_epochs * -(-n_train // d.batch_size))
     out = Path(out) if out is not None else None
     columns = ("epoch", "energy", *(("train_accuracy",) if m.scored else ()), f"test_{task.metric}",
                "seconds", "skipped_batches")
     run = RunSetup(ctx, spec, m, dev, log, progress, on_divergence, out, out if ctx.main else None, tensors,
-                   data.num_classes if task.target is not None else 0, optimizer, scheduler,
+                   optimizer, scheduler,
                    distributed.ReducingOptimizer(optimizer) if ctx.world > 1 else optimizer,
                    torch.Generator().manual_seed(spec.train.seed), n_epochs, columns)
     if saved:
@@ -276,7 +308,7 @@ def run_epoch(run: RunSetup, epoch: int, stop: StopOnSignal) -> None:
     the epoch's row and, with a folder, append it to the metrics and save a checkpoint."""
     start = time.perf_counter()
     if run.position == 0:
-        run.perm = torch.randperm(len(run.data[0]), generator=run.gen).to(run.dev)
+        run.perm = torch.randperm(len(next(iter(run.data[0].values()))), generator=run.gen).to(run.dev)
         run.partial = {"energy": 0.0, "correct": 0, "seen": 0, "skipped": 0}
     run.method.epoch = epoch
     energy, correct, seen, skipped = _train_batches(run, epoch, stop)
@@ -286,16 +318,21 @@ def run_epoch(run: RunSetup, epoch: int, stop: StopOnSignal) -> None:
                               "learnt; lower the learning rates (learning.optimizer.lr, inference.optimizer.lr)")
     _check_parameters(run.method.graph, epoch)
     seconds = time.perf_counter() - start
-    ctx, (_, _, x_test, y_test) = run.ctx, run.data
-    lo, hi = distributed.shard(len(x_test), ctx.rank, ctx.world)  # each rank scores a slice
-    test = run.method.evaluate(x_test[lo:hi], y_test[lo:hi]) if hi > lo else 0.0
+    ctx, test_data = run.ctx, run.data[1]
+    n_test = len(next(iter(test_data.values())))
+    lo, hi = distributed.shard(n_test, ctx.rank, ctx.world)  # each rank scores a slice
+    scores = run.method.scores({k: v[lo:hi] for k, v in test_data.items()}) if hi > lo else \
+        dict.fromkeys(run.task.score_keys, 0.0)
     if ctx.world > 1:
-        energy, correct, seen, test = ctx.sum([float(energy), float(correct), seen, test * (hi - lo)])
-        test /= len(x_test)
+        energy, correct, seen, *summed = ctx.sum([float(energy), float(correct), seen, *(v * (hi - lo) for v in scores.values())])
+        scores = {k: v / n_test for k, v in zip(scores, summed)}
+    test = sum(scores.values()) / len(scores)  # several targets: the mean of their accuracies
     row = {"epoch": epoch, "energy": float(energy) / max(seen, 1)}
     if run.method.scored:
         row["train_accuracy"] = float(correct) / max(seen, 1)
     row |= {f"test_{run.task.metric}": test, "seconds": seconds, "skipped_batches": skipped}
+    if len(scores) > 1:
+        row[f"test_{run.task.metric}_by_target"] = scores
     if (nodes := run.method.node_energy()) is not None:
         row["node_energy"] = nodes
     run.history.append(row)
@@ -315,7 +352,7 @@ def _train_batches(run: RunSetup, epoch: int, stop: StopOnSignal) -> tuple[Tenso
     """The epoch's updates from ``run.position`` on; returns this rank's (energy, correct, seen,
     skipped) sums. A stop request saves a checkpoint (with a folder) and raises :class:`Interrupted`."""
     ctx, m, stepper, size = run.ctx, run.method, run.stepper, run.spec.data.batch_size
-    x_train, y_train, _, _ = run.data
+    train, target = run.data[0], (run.task.targets[0][0] if run.task.targets else None)
     reducing = stepper is not run.optimizer  # several ranks: a ReducingOptimizer
     own = run.partial if ctx.main else {**run.partial, "energy": 0.0, "correct": 0, "seen": 0}  # sums over ranks
     energy = torch.tensor(own["energy"], device=run.dev)
@@ -327,7 +364,7 @@ def _train_batches(run: RunSetup, epoch: int, stop: StopOnSignal) -> tuple[Tenso
         idx = whole[lo:hi] if hi > lo else whole[:1]  # an empty shard: a stand-in, weight 0
         if reducing:
             stepper.prepare(hi - lo, len(whole), stop.requested, m.steps)
-        batch = run.task.batch(x_train[idx], y_train[idx], run.classes)
+        batch = run.task.batch({k: v[idx] for k, v in train.items()}, check=False)  # labels checked when read
         try:
             contribution, predicted = m.step(batch, stepper, hi - lo)
             if contribution is not None:
@@ -335,7 +372,7 @@ def _train_batches(run: RunSetup, epoch: int, stop: StopOnSignal) -> tuple[Tenso
             run.scheduler.step()
             seen += hi - lo
             if predicted is not None and hi > lo:
-                correct += (predicted.argmax(1) == y_train[idx]).sum()
+                correct += (predicted.argmax(1) == labels(train[target][idx])).sum()
         except DivergenceError as err:  # raised before any parameter changed
             if reducing and not isinstance(err, distributed.PeerDivergence):
                 stepper.abstain()  # the other ranks wait in this update's all-reduce

@@ -1,0 +1,229 @@
+"""Speed on this machine, in one run, as one table: pcgraph against pcx and the lecture notes' code.
+
+    python examples/bench_speed.py --data-root ../shared/data \\
+        --pcx-python $ANCHORS/pcxvenv/bin/python --seed-repo $ANCHORS/seed     # every row
+    python examples/bench_speed.py --smoke                                      # tiny sizes: it runs
+
+Rows (ratios are within this one run; the machines are shared and drift by tens of percent):
+- MNIST MLP (``specs/mnist_mlp.yaml``, T = 8, batch 128): ``pcgraph train`` as a user runs it,
+  default (eager) and ``--compile``, in a fresh process each: first epoch (start-up excluded,
+  compile included) and the steady state (median of the later epochs); pcx's own MNIST MLP setup
+  and the notes' code through their harnesses in ``../shared/anchors`` (run in their own
+  interpreters). ``matmul share``: the update's FLOPs (torch.utils.flop_counter) per second
+  against plain torch.matmul at the update's matrix shapes, on as many threads.
+- MNIST autoencoder (``specs/mnist_ae.yaml``, the notes' protocol: batch 250, ``--ae-epochs``
+  epochs): training seconds per epoch and the test MSE after the last epoch, against the notes'
+  code on the same epochs (its harness reports its best epoch's MSE).
+- CIFAR-10 CNN (``specs/cifar10_cnn.yaml``, T = 8, batch 128): seconds per update of PC and BP on
+  ``--cnn-batches`` random batches (an update's cost does not depend on the pixel values), and the
+  GFLOP/s of the convolutions inside each update (their FLOPs over the wall time spent in
+  aten's convolution kernels) against torch's own F.conv2d forward at the same shapes.
+Ends with one JSON line holding every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from bench_mlp import matmul_gflops  # examples/ is on the path when run as a script
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+import pcgraph
+from pcgraph.solver import Solver
+from pcgraph.tasks.bench import flops_per_update
+from pcgraph.tasks.objective import Backprop
+from pcgraph.tasks.setup import weight_optimizer
+
+ROOT = Path(__file__).resolve().parent.parent
+ANCHORS = ROOT.parent / "shared" / "anchors"
+CONV_OPS = ("aten.convolution", "aten.convolution_backward")
+
+
+def pcgraph_epochs(spec: str, epochs: int, data_root: str, *extra: str) -> dict:
+    """``pcgraph train SPEC --json`` in a fresh process: its epoch seconds and final figures."""
+    cmd = [sys.executable, "-m", "pcgraph", "train", spec, "--epochs", str(epochs), "--data-root", data_root,
+           "--json", "--no-progress", *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    seconds = result["epoch_seconds"]
+    return {"first_s": seconds[0], "epoch_s": statistics.median(seconds[1:] or seconds),
+            **{k: v for k, v in result.items() if k.startswith("test_")}}
+
+
+def anchor(python: str, script: str, env: dict, *args: str) -> str:
+    """The output of one of ../shared/anchors' harnesses, run by ``python``."""
+    run = subprocess.run([python, str(ANCHORS / script), *args], capture_output=True, text=True,
+                         env={**os.environ, **env}, cwd=ROOT)
+    if run.returncode != 0:
+        raise RuntimeError(f"{script} failed: {(run.stderr or run.stdout).strip().splitlines()[-1:]}")
+    return run.stdout
+
+
+def pcx_mlp(python: str, data: str, epochs: int) -> dict:
+    out = anchor(python, "pcx_mlp_bench.py", {"DATA": f"{data}/mnist", "EPOCHS": str(epochs)})
+    seconds = [float(s) for s in re.findall(r"^epoch \d+: train ([\d.]+) s", out, re.M)]
+    return {"first_s": seconds[0], "epoch_s": statistics.median(seconds[1:] or seconds)}
+
+
+def notes_mlp(seed_repo: str, data: str) -> dict:
+    out = anchor(sys.executable, "seed_mnist_bench.py", {"SEED_REPO": seed_repo, "DATA": f"{data}/mnist"}, "1")
+    return {"epoch_s": float(re.search(r"^pc: ([\d.]+) s/epoch", out, re.M).group(1))}
+
+
+def notes_ae(seed_repo: str, data: str, epochs: int) -> dict:
+    out = anchor(sys.executable, "seed_mnist_ae_bench.py", {"SEED_REPO": seed_repo, "DATA": f"{data}/mnist"},
+                 str(epochs))
+    m = re.search(r"^pc: ([\d.]+) s/epoch \(train\), best test MSE ([\d.]+)", out, re.M)
+    return {"epoch_s": float(m.group(1)), "test_mse": float(m.group(2))}
+
+
+class ConvTimer(TorchDispatchMode):
+    """Wall seconds spent in aten's convolution kernels, and their count."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds, self.calls = 0.0, Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func.overloadpacket) not in CONV_OPS:
+            return func(*args, **(kwargs or {}))
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        self.seconds += time.perf_counter() - start
+        self.calls[str(func.overloadpacket)] += 1
+        return out
+
+
+def conv_flops(update) -> int:
+    """FLOPs of the convolution kernels in one call of ``update``."""
+    with FlopCounterMode(display=False) as counter:
+        update()
+    return sum(n for op, n in counter.get_flop_counts()["Global"].items() if str(op) in CONV_OPS)
+
+
+def cnn_updates(spec_path: str, batches: int, batch_size: int | None = None) -> dict:
+    """Seconds per PC and BP update on random batches, and the GFLOP/s of their convolutions."""
+    spec = pcgraph.load_spec(ROOT / spec_path)
+    if batch_size is not None:
+        spec = spec.model_copy(update={"data": spec.data.model_copy(update={"batch_size": batch_size})})
+    torch.manual_seed(0)
+    graph = pcgraph.compile(spec)
+    b, d = spec.data.batch_size, spec.data
+    x = torch.randn(b, *graph.nodes[d.input].shape)
+    y = F.one_hot(torch.randint(0, graph.nodes[d.target].shape[0], (b,)), graph.nodes[d.target].shape[0]).float()
+    batch = {d.input: x, d.target: y}
+    solver, opt = Solver.from_spec(spec), weight_optimizer(spec.learning.optimizer, graph.parameters())
+    model = Backprop(spec, graph)
+    bp_opt = weight_optimizer(spec.bp.optimizer or spec.learning.optimizer, model.parameters())
+    updates = {"pc": lambda: solver.step(graph, batch, opt), "bp": lambda: model.step(batch, bp_opt)}
+    row, convs = {}, []
+    for name, update in updates.items():
+        update()  # warm-up
+        start = time.perf_counter()
+        for _ in range(batches):
+            update()
+        row[f"{name}_s_per_update"] = (time.perf_counter() - start) / batches
+        with ConvTimer() as timer:
+            update()
+        row[f"{name}_conv_gflops"] = conv_flops(update) / timer.seconds / 1e9
+    row["pc/bp"] = row["pc_s_per_update"] / row["bp_s_per_update"]
+    for e in graph.edges:  # torch's own forward convolution at each of the graph's conv shapes
+        for m in e.pipeline:
+            if isinstance(m, torch.nn.Conv2d):
+                convs.append(m)
+    row["torch_conv_gflops"] = torch_conv_gflops(graph, convs, b)
+    return row
+
+
+def torch_conv_gflops(graph, convs: list, b: int) -> float:
+    """GFLOP/s of F.conv2d forward, back to back, at the graph's convolution shapes."""
+    inputs = {}
+    def record(m, args, out):
+        inputs[m] = args[0].shape
+
+    hooks = [m.register_forward_hook(record) for m in convs]
+    with torch.no_grad():
+        graph({v: torch.randn(b, *graph.nodes[v].shape) for v in graph.order if not graph.nodes[v].incoming})
+    for h in hooks:
+        h.remove()
+    calls = [(torch.randn(inputs[m]), m) for m in convs]
+    with torch.no_grad():
+        flops = conv_flops(lambda: [m(x) for x, m in calls])
+        start = time.perf_counter()
+        for x, m in calls:
+            m(x)
+        return flops / (time.perf_counter() - start) / 1e9
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--pcx-python", help="the interpreter of a virtual environment holding jax and pcx")
+    p.add_argument("--seed-repo", help="a checkout of the notes' public code")
+    p.add_argument("--epochs", type=int, default=4, help="MLP epochs per run (default 4)")
+    p.add_argument("--ae-epochs", type=int, default=5, help="autoencoder epochs (default 5, the notes' protocol)")
+    p.add_argument("--cnn-batches", type=int, default=20, help="timed CNN updates per method (default 20)")
+    p.add_argument("--only", default="mlp,ae,cnn", help="which benchmarks (comma-separated)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, no data, no anchors: checks that it runs")
+    a = p.parse_args(argv)
+    only = set(a.only.split(","))
+    r: dict = {"machine": f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"}
+    rows = []
+    if a.smoke:
+        only, a.cnn_batches = {"cnn"}, 1
+    if "mlp" in only:
+        spec = pcgraph.load_spec(ROOT / "specs/mnist_mlp.yaml")
+        r["mlp"] = {"pcgraph": pcgraph_epochs("specs/mnist_mlp.yaml", a.epochs, a.data_root),
+                    "pcgraph --compile": pcgraph_epochs("specs/mnist_mlp.yaml", a.epochs, a.data_root, "--compile")}
+        if a.pcx_python:
+            r["mlp"]["pcx"] = pcx_mlp(a.pcx_python, a.data_root, a.epochs)
+        if a.seed_repo:
+            r["mlp"]["notes' code"] = notes_mlp(a.seed_repo, a.data_root)
+        graph, bsz = pcgraph.compile(spec), spec.data.batch_size
+        shapes = [(bsz, m.in_features, m.out_features) for e in graph.edges for m in e.pipeline
+                  if isinstance(m, torch.nn.Linear)]
+        r["mlp_matmul_gflops"] = matmul_gflops(shapes)
+        flops, updates = flops_per_update(spec, "pc"), -(-60_000 // bsz)
+        pcx = r["mlp"].get("pcx", {}).get("epoch_s")
+        for name, m in r["mlp"].items():
+            share = flops * updates / m["epoch_s"] / 1e9 / r["mlp_matmul_gflops"] if name.startswith("pcgraph") else None
+            rows.append(("MNIST MLP", name, m["epoch_s"], m.get("first_s"), pcx and m["epoch_s"] / pcx, "x pcx",
+                         f"matmul share {share:.0%}" if share else ""))
+    if "ae" in only:
+        ae = pcgraph_epochs("specs/mnist_ae.yaml", a.ae_epochs, a.data_root)
+        notes = notes_ae(a.seed_repo, a.data_root, a.ae_epochs) if a.seed_repo else None
+        r["ae"] = {"pcgraph": ae, **({"notes' code": notes} if notes else {})}
+        for name, m in r["ae"].items():
+            rows.append(("MNIST AE", name, m["epoch_s"], m.get("first_s"), notes and m["epoch_s"] / notes["epoch_s"],
+                         "x notes", f"test MSE {m['test_mse']:.2e}"))
+    if "cnn" in only:
+        c = cnn_updates("specs/cifar10_cnn.yaml", a.cnn_batches, batch_size=4 if a.smoke else None)
+        r["cnn"] = c
+        rows.append(("CIFAR-10 CNN", "PC update", c["pc_s_per_update"], None, c["pc/bp"], "x BP",
+                     f"conv {c['pc_conv_gflops']:.0f} GFLOP/s (torch F.conv2d {c['torch_conv_gflops']:.0f})"))
+        rows.append(("CIFAR-10 CNN", "BP update", c["bp_s_per_update"], None, 1.0, "x BP",
+                     f"conv {c['bp_conv_gflops']:.0f} GFLOP/s"))
+    print(f"machine: {r['machine']}")
+    print("| benchmark | run | s (epoch or update) | first epoch s | ratio | | notes |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for bench, name, s, first, ratio, unit, note in rows:
+        print(f"| {bench} | {name} | {s:.3f} | {'-' if first is None else f'{first:.2f}'} | "
+              f"{'-' if ratio is None else f'{ratio:.2f}'} | {unit} | {note} |")
+    print(json.dumps(r))
+    return r
+
+
+if __name__ == "__main__":
+    main()

@@ -15,7 +15,9 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from pcgraph.errors import DivergenceError, Interrupted, PCGraphError, SpecError, UsageError, WorkerError
@@ -621,6 +623,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _import_torch() -> None:
+    """Import torch with Ctrl-C held back until it is done, then raise it: a KeyboardInterrupt
+    raised inside torch's C++ start-up ends the process with SIGABRT instead of unwinding."""
+    if "torch" in sys.modules or threading.current_thread() is not threading.main_thread():
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        import torch  # noqa: F401
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -632,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # PATH=VALUE after an option: argparse leaves them over
         args.overrides = [*args.overrides, *extra]
     try:
+        _import_torch()
         return args.fn(args)
     except Interrupted as err:
         print(f"pcgraph: {err}", file=sys.stderr)

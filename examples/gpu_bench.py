@@ -71,12 +71,12 @@ def time_method(spec, method: str, n: int, device: torch.device, warmup: int, ba
     perm = torch.randperm(n, device=device)
     for k in range(warmup):
         idx = perm[(k % per_epoch) * b: (k % per_epoch + 1) * b]
-        update(task.batch(x[idx], y[idx], classes))
+        update(task.batch(x[idx], y[idx]))
     sync(device)
     start = time.perf_counter()
     for k in range(timed):
         idx = perm[k * b: (k + 1) * b]
-        update(task.batch(x[idx], y[idx], classes))
+        update(task.batch(x[idx], y[idx]))
     sync(device)
     seconds = time.perf_counter() - start
     return {"method": method, "updates_timed": timed, "updates_per_epoch": per_epoch,

@@ -27,6 +27,11 @@ from torch import Tensor
 from pcgraph.errors import DataError
 
 
+def samples(values: Mapping[str, Tensor]) -> int:
+    """N, the number of samples in ``{name: (N, ...) tensor}`` (every entry has the same N)."""
+    return len(next(iter(values.values())))
+
+
 def graph_dtype(graph) -> tuple[torch.dtype, torch.device]:
     """The floating dtype and the device of ``graph``'s parameters (a graph without any: the
     default dtype, the CPU)."""

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from pcgraph.compiler import CompiledGraph, compile
+from pcgraph.data.adapter import samples
 from pcgraph.errors import SpecError
 from pcgraph.solver import Solver
 from pcgraph.spec import GraphSpec
@@ -78,7 +79,7 @@ class PCMethod(Method):
         if r.node_energy is not None:  # sums over the epoch's samples, per node and step
             for v, e in r.node_energy.items():
                 self.node_sums[v] = _add_traces(self.node_sums[v], e) if v in self.node_sums else e
-            self.node_count += len(next(iter(batch.values())))
+            self.node_count += samples(batch)
         predicted = r.predicted.get(self.target, predicted) if self.scored else None
         return (r.energy[-1] if n > 0 else None), predicted
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from pcgraph.compiler import CompiledGraph, States, build_edge
-from pcgraph.data.adapter import fit, graph_dtype
+from pcgraph.data.adapter import fit, graph_dtype, samples
 from pcgraph.errors import SpecError
 from pcgraph.solver import Clamp
 from pcgraph.spec import GraphSpec, NodeRef
@@ -95,12 +95,12 @@ class Objective:
             out[self.targets[0][0]] = y
         return out
 
-    def batch(self, x: Tensor | dict, y: Tensor | None = None, classes: int | None = None, check: bool = True) -> dict:
+    def batch(self, x: Tensor | dict, y: Tensor | None = None, check: bool = True) -> dict:
         """The clamped nodes of one training batch (:class:`Clamp` entries for neuron ranges):
         ``x`` is ``{reference: values}`` for every input and target, or the one input with the one
         target ``y``; each is fitted to its node (:func:`pcgraph.data.adapter.fit`: class labels
         one-hot, values reshaped, in the graph's dtype). ``check``: check the labels' range (a
-        prepared data set's are checked once, when it is read). ``classes`` is the target's size."""
+        prepared data set's are checked once, when it is read)."""
         return self._clamp(self._fit(self.data(x, y), self.inputs + self.targets, check))
 
     def test_batch(self, x: Tensor | dict) -> dict:
@@ -160,7 +160,7 @@ class Objective:
     @torch.no_grad()
     def scores(self, graph: CompiledGraph, solver, data: dict, baseline: Backprop | None = None) -> dict[str, float]:
         """The test metric per target, ``{target: accuracy}`` (reconstruction, completion: ``{input: mse}``)."""
-        size, n = self.spec.data.test_batch_size, len(next(iter(data.values())))
+        size, n = self.spec.data.test_batch_size, samples(data)
         totals = dict.fromkeys(self.score_keys, 0.0)
         for i in range(0, n, size):
             part = {k: v[i: i + size] for k, v in data.items()}

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from pcgraph.data.adapter import samples
 from pcgraph.errors import UsageError
 from pcgraph.tasks.paths import check_folder
 
@@ -77,7 +78,7 @@ class TensorBoardLogger:
         self.run, self.curves = run, []
         self.solver = Solver.from_spec(run.spec, trace_nodes=True, compile=False) if run.method.name == "pc" else None
         test = run.data[1]
-        size = min(run.spec.data.batch_size, len(next(iter(test.values()))))
+        size = min(run.spec.data.batch_size, samples(test))
         self.held = run.task.batch({k: v[:size] for k, v in test.items()})  # clamped as in training
 
     def __call__(self, row: dict) -> None:
@@ -96,7 +97,7 @@ class TensorBoardLogger:
         graph = self.run.method.graph
         with torch.enable_grad():
             r = self.solver.relax(graph, self.held)
-        n = len(next(iter(self.held.values())))
+        n = samples(self.held)
         total = (r.energy.detach() / n).cpu().tolist()  # (T + 1,)
         nodes = {v: (e.detach() / n).cpu().tolist() for v, e in r.node_energy.items()}
         self.writer.add_scalar("inference/energy_start", total[0], epoch)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from pcgraph.compiler import CompiledGraph, compile
 from pcgraph.data import Dataset, load_dataset
+from pcgraph.data.adapter import samples
 from pcgraph.errors import DivergenceError, Interrupted, SpecError, UsageError
 from pcgraph.solver import Solver
 from pcgraph.spec import GraphSpec, spec_from_yaml
@@ -244,7 +245,7 @@ def setup_run(ctx: distributed.Context, spec, epochs, data_root, device, out, pr
     d = spec.data
     data = load_dataset(d.dataset, data_root, d.names("input") + d.names("target")) if dataset is None else dataset
     tensors = split_columns(data, d, graph, dev)
-    n_train, n_test = (len(next(iter(split.values()))) for split in tensors)
+    n_train, n_test = (samples(split) for split in tensors)
     if data.source != "embedded":
         note = " (CIFAR-10 from an image folder: if it is this project's JPEG copy, results can differ " \
                "slightly from the original)" if (Path(data.source) / "train").is_dir() else ""
@@ -308,7 +309,7 @@ def run_epoch(run: RunSetup, epoch: int, stop: StopOnSignal) -> None:
     the epoch's row and, with a folder, append it to the metrics and save a checkpoint."""
     start = time.perf_counter()
     if run.position == 0:
-        run.perm = torch.randperm(len(next(iter(run.data[0].values()))), generator=run.gen).to(run.dev)
+        run.perm = torch.randperm(samples(run.data[0]), generator=run.gen).to(run.dev)
         run.partial = {"energy": 0.0, "correct": 0, "seen": 0, "skipped": 0}
     run.method.epoch = epoch
     energy, correct, seen, skipped = _train_batches(run, epoch, stop)
@@ -319,7 +320,7 @@ def run_epoch(run: RunSetup, epoch: int, stop: StopOnSignal) -> None:
     _check_parameters(run.method.graph, epoch)
     seconds = time.perf_counter() - start
     ctx, test_data = run.ctx, run.data[1]
-    n_test = len(next(iter(test_data.values())))
+    n_test = samples(test_data)
     lo, hi = distributed.shard(n_test, ctx.rank, ctx.world)  # each rank scores a slice
     scores = run.method.scores({k: v[lo:hi] for k, v in test_data.items()}) if hi > lo else \
         dict.fromkeys(run.task.score_keys, 0.0)

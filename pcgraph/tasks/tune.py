@@ -27,6 +27,7 @@ import yaml
 
 from pcgraph.compiler import compile
 from pcgraph.data import Dataset, load_dataset
+from pcgraph.data.adapter import samples
 from pcgraph.errors import DivergenceError, Interrupted, SpecError, UsageError
 from pcgraph.spec import GraphSpec, spec_from_dict
 from pcgraph.spec.overrides import parse_path, set_values
@@ -43,7 +44,7 @@ def split_validation(data, fraction: float, seed: int):
     (``train`` and ``test`` dicts of tensors)."""
     images = isinstance(data, Dataset)
     train = {"x": data.x_train, "y": data.y_train} if images else data.train
-    n = len(next(iter(train.values())))
+    n = samples(train)
     k = round(fraction * n)
     if not 0 < fraction < 1 or not 0 < k < n:
         raise UsageError(f"a validation fraction of {fraction:g} holds out {k} of {n} training samples; expected "
@@ -112,7 +113,7 @@ def tune(spec: GraphSpec, params: list[Param], *, trials: int | None = 20, timeo
     task = Objective(spec, compile(spec))
     direction = "maximize" if task.higher_is_better else "minimize"
     data = split_validation(load_dataset(spec.data.dataset, data_root), val_fraction, seed)
-    held_out = len(data.y_test) if isinstance(data, Dataset) else len(next(iter(data.test.values())))
+    held_out = len(data.y_test) if isinstance(data, Dataset) else samples(data.test)
     name = study_name or spec.name
     study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True,
                                 pruner=pruner or optuna.pruners.MedianPruner(n_warmup_steps=2))  # from epoch 2

@@ -38,7 +38,7 @@ def setup(method, dtype):
     task = Objective(s, graph)
     x, y, _, _ = prepare(load_dataset("digits"), s.data, graph, "cpu")
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[:128]
-    batch = task.batch(x[idx].to(dtype), y[idx], 10)
+    batch = task.batch(x[idx].to(dtype), y[idx])
     model = Backprop(s, graph) if method == "bp" else graph
     return s, graph, model, batch, weight_optimizer(s.learning.optimizer, model.parameters())
 

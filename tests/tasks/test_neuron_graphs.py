@@ -35,7 +35,7 @@ def test_batches_clamp_neuron_ranges():
     spec = pcgraph.load_spec(FC)
     task = Objective(spec, pcgraph.compile(spec))
     x, y = torch.rand(5, 64), torch.tensor([0, 3, 9, 1, 1])
-    batch = task.batch(x, y, 10)
+    batch = task.batch(x, y)
     entry = batch["x"]
     assert isinstance(entry, pcgraph.Clamp) and set(batch) == {"x"}
     assert torch.equal(entry.values[:, :64], x)

@@ -137,6 +137,6 @@ def test_standardisation_with_the_wrong_channel_count():
 def test_classification_batch_is_one_hot():
     spec = pcgraph.load_spec("specs/digits_mlp.yaml")
     task = Objective(spec, pcgraph.compile(spec))
-    batch = task.batch(torch.rand(3, 64), torch.tensor([1, 0, 9]), 10)
+    batch = task.batch(torch.rand(3, 64), torch.tensor([1, 0, 9]))
     assert torch.equal(batch["label"], F.one_hot(torch.tensor([1, 0, 9]), 10).float())
     assert task.metric == "accuracy" and task.higher_is_better

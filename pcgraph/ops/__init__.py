@@ -28,11 +28,17 @@ class OpModule:
     - :meth:`taped`: the forward pass and what :meth:`local_vjp` will read (the input, by default);
     - :meth:`refresh`: rebuild cached derived tensors (called at the start of every relaxation);
     - :meth:`connections`: the (source, target) neuron index pairs of a sparse op, else None;
-    - ``elementwise``: the module acts on each value on its own (it mixes no neurons).
+    - ``elementwise``: the module acts on each value on its own (it mixes no neurons);
+    - ``monotone``: elementwise, stateless and non-decreasing in floating point too (relu,
+      leaky_relu with a slope >= 0), and ``picks_max``: each output is the largest of some inputs
+      (max pooling). Since max(f(a), f(b)) = f(max(a, b)) for such an f, the compiler runs a
+      ``picks_max`` op before a ``monotone`` op that precedes it: the same output on fewer values.
     """
 
     has_local_rule: ClassVar[bool] = False
     elementwise: ClassVar[bool] = False
+    monotone: ClassVar[bool] = False
+    picks_max: ClassVar[bool] = False
 
     def local_vjp(self, x: Tensor, g: Tensor, grads: dict | None, need_input: bool) -> Tensor | None:
         """g^T df(x)/dx for the module's input ``x`` and output gradient ``g``; with ``grads`` it

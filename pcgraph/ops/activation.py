@@ -18,16 +18,24 @@ class _Rule(OpModule):
 
 # the local rules are aten's fused backward kernels: one pass each instead of 3-5 elementwise ops
 class IdentityModule(nn.Identity, _Rule):
+    monotone = True
+
     def local_vjp(self, x, g, grads, need_input):
         return g
 
 
 class ReLUModule(nn.ReLU, _Rule):
+    monotone = True
+
     def local_vjp(self, x, g, grads, need_input):  # f' = 1 if x > 0 else 0
         return _aten.threshold_backward(g, x, 0)
 
 
 class LeakyReLUModule(nn.LeakyReLU, _Rule):
+    @property
+    def monotone(self) -> bool:  # a negative slope makes it decreasing below 0
+        return self.negative_slope >= 0
+
     def local_vjp(self, x, g, grads, need_input):  # f' = 1 if x > 0 else slope
         return _aten.leaky_relu_backward(g, x, self.negative_slope, False)
 

@@ -53,6 +53,7 @@ class MaxPool2dModule(nn.MaxPool2d, OpModule):
     """dE/dx: g goes to each window's arg max (saved by the forward pass, :meth:`taped`)."""
 
     has_local_rule = True
+    picks_max = True
 
     def taped(self, x):
         y, idx = self._pool(x)

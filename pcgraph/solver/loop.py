@@ -157,7 +157,8 @@ class Captured:
         try:
             if self.cuda:
                 torch.compiler.cudagraph_mark_step_begin()
-            trace, gp, relaxed = self.fn(run, optimizer, states, steps, learn)
+            with torch.no_grad():  # the loop builds no autograd graph: compiled as inference, nothing saved
+                trace, gp, relaxed = self.fn(run, optimizer, states, steps, learn)
         except Exception as err:  # noqa: BLE001 - any compiler or capture failure: run eagerly
             self.failed = True
             first = (str(err).strip().splitlines() or [""])[0]

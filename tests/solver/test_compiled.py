@@ -54,3 +54,18 @@ def test_compiled_loop_equals_the_eager_one_in_float64():
     eager, compiled = (gradients(spec, graph, batch, c) for c in (False, True))
     for k in eager:
         assert float((compiled[k] - eager[k]).norm()) <= 1e-6 * float(eager[k].norm()), k
+
+
+def test_compiled_relaxation_returns_plain_tensors_as_the_eager_one():
+    """The compiled loop runs as inference: its relaxed states carry no autograd history (they used
+    to, through the feedforward init on parameters that require grad, which also made the compiler
+    trace a training graph)."""
+    torch.manual_seed(0)
+    spec = deep_mlp(2, 8)
+    graph = pcgraph.compile(spec)
+    batch = {"image": torch.randn(4, 32), "label": torch.randn(4, 10)}
+    for compiled in (False, True):
+        solver = pcgraph.Solver.from_spec(spec)
+        solver.compile = compiled
+        relaxation = solver.relax(graph, batch)
+        assert all(not x.requires_grad and x.grad_fn is None for x in relaxation.states.values()), compiled

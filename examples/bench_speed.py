@@ -126,7 +126,7 @@ def cnn_updates(spec_path: str, batches: int, batch_size: int | None = None) -> 
     batch = {d.input: x, d.target: y}
     solver, opt = Solver.from_spec(spec), weight_optimizer(spec.learning.optimizer, graph.parameters())
     model = Backprop(spec, graph)
-    bp_opt = weight_optimizer(spec.bp.optimizer or spec.learning.optimizer, model.parameters())
+    bp_opt = weight_optimizer(spec.bp.optimizer or spec.learning.optimizer, model.trained_parameters())
     updates = {"pc": lambda: solver.step(graph, batch, opt), "bp": lambda: model.step(batch, bp_opt)}
     row, convs = {}, []
     for name, update in updates.items():

@@ -55,7 +55,7 @@ def time_method(spec, method: str, n: int, device: torch.device, warmup: int, ba
     y = torch.randint(0, classes, (n,), device=device)
     if method == "bp":
         model = Backprop(spec, graph).to(device)
-        opt = weight_optimizer(spec.bp.optimizer or spec.learning.optimizer, model.parameters())
+        opt = weight_optimizer(spec.bp.optimizer or spec.learning.optimizer, model.trained_parameters())
 
         def update(batch):
             model.step(batch, opt)

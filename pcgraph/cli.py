@@ -74,11 +74,11 @@ def cmd_show(args) -> int:
     print(f"total: {_count(len(graph.nodes), 'node')}, {_count(len(graph.edges), 'edge')}, "
           f"{_count(graph.num_params(), 'parameter')}, "
           f"{inferred:,} inferred states per sample")
-    bp_params = graph.num_params()
+    bp_params = graph.num_params() - sum(p.numel() for p in graph.encoders.parameters())  # those are PC's
     if spec.bp.encoder is not None:
         from pcgraph.tasks.objective import Backprop
 
-        bp_params = sum(p.numel() for p in Backprop(spec, graph).parameters())
+        bp_params = sum(p.numel() for p in Backprop(spec, graph).trained_parameters())
         print(f"backprop baseline: encoder {spec.bp.encoder.source[0]} -> {spec.bp.encoder.to} + this graph "
               f"as decoder, {bp_params:,} parameters")
     from pcgraph.tasks import topology

@@ -16,7 +16,7 @@ from torch import nn
 
 from pcgraph.compiled import CompiledGraph, Edge, Node, States, combine, edge_forward
 from pcgraph.errors import SpecError, UsageError
-from pcgraph.ops import Op, adopt
+from pcgraph.ops import Op, adopt, pool_first
 from pcgraph.ops.activation import ScaleModule
 from pcgraph.spec import GraphSpec, NodeSpec
 from pcgraph.spec.problems import cycle_problems, data_refs, listed, ref_path, role_problems
@@ -274,23 +274,6 @@ def build_edge(e, nodes: dict[str, NodeSpec], path: str, budget: _Budget | None 
         modules.append(ScaleModule(_scale(e.scale, modules, depth, f"{path}.scale")))
         kinds.append("scale")
     return Edge([f"{s}@prev" for s in e.source] if e.delay else list(e.source), e.to, e.combine, modules, kinds)
-
-
-def pool_first(modules: list[nn.Module], kinds: list[str]) -> tuple[list[nn.Module], list[str]]:
-    """The pipeline with each max pooling moved before the monotone elementwise ops just ahead of
-    it (``OpModule.monotone``, ``picks_max``): max_w f(x) = f(max_w x) for a non-decreasing f, so
-    the output is the same and f and its local rule run on a pool's output, a fraction of the
-    values (a quarter for 2x2 windows). At an exact tie of f(a) = f(b) with a != b the gradient may
-    take the other arg max, which is as valid. The ops moved hold no parameters, so parameter
-    names keep their positions."""
-    modules, kinds = list(modules), list(kinds)
-    for k in range(1, len(modules)):
-        j = k
-        while j > 0 and getattr(modules[j], "picks_max", False) and getattr(modules[j - 1], "monotone", False):
-            modules[j - 1], modules[j] = modules[j], modules[j - 1]
-            kinds[j - 1], kinds[j] = kinds[j], kinds[j - 1]
-            j -= 1
-    return modules, kinds
 
 
 def _scale(scale: float | str, modules: list, depth: int | None, path: str) -> float:

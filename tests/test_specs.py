@@ -29,7 +29,7 @@ def test_counts_match_table_1(path, capsys):
     graph = pcgraph.compile(spec)
     assert graph.num_params() == params
     assert graph.states_per_sample() == states
-    assert sum(p.numel() for p in Backprop(spec, graph).parameters()) == bp
+    assert sum(p.numel() for p in Backprop(spec, graph).trained_parameters()) == bp
     assert main(["show", path, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (shown["params"], shown["states_per_sample"], shown["bp_params"]) == (params, states, bp)

@@ -29,10 +29,11 @@ class OpModule:
     - :meth:`refresh`: rebuild cached derived tensors (called at the start of every relaxation);
     - :meth:`connections`: the (source, target) neuron index pairs of a sparse op, else None;
     - ``elementwise``: the module acts on each value on its own (it mixes no neurons);
-    - ``monotone``: elementwise, stateless and non-decreasing in floating point too (relu,
-      leaky_relu with a slope >= 0), and ``picks_max``: each output is the largest of some inputs
-      (max pooling). Since max(f(a), f(b)) = f(max(a, b)) for such an f, the compiler runs a
-      ``picks_max`` op before a ``monotone`` op that precedes it: the same output on fewer values.
+    - ``monotone``: elementwise and non-decreasing in floating point too (relu, leaky_relu with a
+      slope >= 0), and ``picks_max``: each output is the largest of some inputs (max pooling).
+      Since max(f(a), f(b)) = f(max(a, b)) for such an f, the compiler runs a ``picks_max`` op
+      before a ``monotone`` op that precedes it (:func:`pool_first`; read once, when the graph
+      is compiled): the same output on fewer values.
     """
 
     has_local_rule: ClassVar[bool] = False
@@ -58,6 +59,28 @@ class OpModule:
     def connections(self) -> tuple[Tensor, Tensor] | None:
         """(source neuron, target neuron) index pairs of a sparse op; None for dense ops."""
         return None
+
+
+def pool_first(modules: list[nn.Module], kinds: list[str]) -> tuple[list[nn.Module], list[str]]:
+    """An edge's pipeline with each max pooling moved before the monotone elementwise ops just
+    ahead of it (:class:`OpModule`'s ``monotone`` and ``picks_max``), and the ops' kinds to match:
+    max_w f(x) = f(max_w x) for a non-decreasing f, so the output is the same while f and its
+    local rule see a pool's output, a fraction of the values (a quarter for 2x2 windows). At an
+    exact tie f(a) = f(b) with a != b the gradient may go to the other arg max, as valid a
+    subgradient. Only modules without parameters or buffers move, so parameter names (and the
+    ``fn[k]`` of messages about them) keep the spec's positions."""
+    modules, kinds = list(modules), list(kinds)
+
+    def movable(m: nn.Module, flag: str) -> bool:
+        return bool(getattr(m, flag, False)) and next(m.parameters(), None) is None and next(m.buffers(), None) is None
+
+    for k in range(1, len(modules)):
+        j = k
+        while j > 0 and movable(modules[j], "picks_max") and movable(modules[j - 1], "monotone"):
+            modules[j - 1], modules[j] = modules[j], modules[j - 1]
+            kinds[j - 1], kinds[j] = kinds[j], kinds[j - 1]
+            j -= 1
+    return modules, kinds
 
 
 def accumulate(grads: dict, p: Tensor, g: Tensor) -> None:
@@ -109,7 +132,8 @@ parse_op = OPS.parse  # "name" or {"kind": "name", **args} -> an instance (Value
 op_json_schema = OPS.json_schema  # a registered name or its mapping form
 
 
-__all__ = ["OPS", "Op", "OpModule", "STOCK", "Shape", "accumulate", "adopt", "ValidationError", "op_json_schema", "parse_op", "register_op"]
+__all__ = ["OPS", "Op", "OpModule", "STOCK", "Shape", "accumulate", "adopt", "ValidationError", "op_json_schema", "parse_op", "pool_first",
+           "register_op"]
 
 # Built-in ops register themselves on import.
 from pcgraph.ops import activation, conv, linear, shape, sparse  # noqa: E402,F401

@@ -79,7 +79,7 @@ def flops_per_update(spec: GraphSpec, method: str) -> int:
             Solver.from_spec(spec, compile=False).step(graph, batch, opt)
         else:
             model = Backprop(spec, graph)
-            model.step(batch, weight_optimizer(spec.bp.optimizer or spec.learning.optimizer, model.parameters()))
+            model.step(batch, weight_optimizer(spec.bp.optimizer or spec.learning.optimizer, model.trained_parameters()))
     return counter.get_total_flops()
 
 

@@ -54,6 +54,10 @@ class Method:
     def states_per_sample(self) -> int:
         return self.task.states_per_sample(self.graph)
 
+    def parameters(self) -> list[Tensor]:
+        """What the method's weight optimizer trains (and the run reports as its parameters)."""
+        return list(self.model.parameters())
+
     def _feedforward(self, batch: dict) -> Tensor:
         with torch.no_grad():
             return self.graph({v: batch[v] for v in self.inputs})[self.target]
@@ -107,6 +111,9 @@ class BPMethod(Method):
     def states_per_sample(self) -> int:
         return 0
 
+    def parameters(self) -> list[Tensor]:
+        return self.baseline.trained_parameters()
+
 
 def make_method(name: str, spec: GraphSpec, graph: CompiledGraph, task: Objective, device) -> Method:
     """The method ``name`` (``pc`` or ``bp``) for ``spec``; checks that a feedforward evaluation
@@ -133,7 +140,7 @@ def check_buildable(spec: GraphSpec, methods: tuple[str, ...] = ("pc",)) -> None
         task = Objective(spec, graph)
         for name in methods:
             m = make_method(name, spec, graph, task, "cpu")
-            weight_optimizer(m.optimizer_spec, m.model.parameters(), m.optimizer_path)
+            weight_optimizer(m.optimizer_spec, m.parameters(), m.optimizer_path)
 
 
 def _add_traces(a: Tensor, b: Tensor) -> Tensor:

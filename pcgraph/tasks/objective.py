@@ -226,10 +226,11 @@ class Backprop(nn.Module):
                             "bp.encoder.to")
         self.encoder = build_edge(enc, spec.graph.nodes, "bp.encoder")
 
-    def named_parameters(self, *args, **kwargs):
-        """The baseline's parameters: the graph's amortised-init encoders (``graph.encoders``)
-        belong to PC's inference, so they are neither trained nor counted here."""
-        return ((n, p) for n, p in super().named_parameters(*args, **kwargs) if not n.startswith("graph.encoders."))
+    def trained_parameters(self) -> list[Tensor]:
+        """What backprop trains: the graph's parameters and the encoder's, without the graph's
+        amortised-init encoders (``graph.encoders``, part of PC's inference, unused here)."""
+        skip = {id(p) for p in self.graph.encoders.parameters()}
+        return [p for p in self.parameters() if id(p) not in skip]
 
     def loss(self, batch: States) -> Tensor:
         if self.encoder is None:

@@ -215,7 +215,7 @@ class RunSetup:
         best = (max if self.task.higher_is_better else min)(h[key] for h in self.history)
         return TrainResult(self.spec.name, self.n_epochs, self.task.metric, last[key], best,
                            last.get("train_accuracy"), last["energy"], [h["seconds"] for h in self.history],
-                           sum(p.numel() for p in model.parameters()), self.method.states_per_sample(),
+                           sum(p.numel() for p in self.method.parameters()), self.method.states_per_sample(),
                            self.history)
 
 
@@ -241,7 +241,7 @@ def setup_run(ctx: distributed.Context, spec, epochs, data_root, device, out, pr
     graph = compile(spec).to(dev)
     task = Objective(spec, graph)
     m = make_method(method, spec, graph, task, dev)
-    optimizer = weight_optimizer(m.optimizer_spec, m.model.parameters(), m.optimizer_path)
+    optimizer = weight_optimizer(m.optimizer_spec, m.parameters(), m.optimizer_path)
     d = spec.data
     data = load_dataset(d.dataset, data_root, d.names("input") + d.names("target")) if dataset is None else dataset
     tensors = split_columns(data, d, graph, dev)

@@ -1,4 +1,4 @@
-"""Max pooling moved ahead of a monotone activation (compiler.pool_first): the compiled edge
+"""Max pooling moved ahead of a monotone activation (pcgraph.ops.pool_first): the compiled edge
 computes exactly what the spec's order computes, with the same gradients, against plain torch
 functions applied in the spec's order."""
 
@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import pcgraph
 from pcgraph.compiled import edge_forward
+from pcgraph.ops import OpModule, pool_first
 from pcgraph.ops.activation import LeakyReLUModule
 from pcgraph.ops.conv import MaxPool2dModule
 from pcgraph.solver.local import edge_backward
@@ -102,3 +103,22 @@ def test_parameter_names_keep_the_spec_positions():
     for name, _ in graph.named_parameters():
         _, i, _, k, _ = name.split(".")
         assert spec.graph.edges[int(i)].fn[int(k)].kind in ("conv2d", "linear"), name
+
+
+def test_only_stateless_modules_move():
+    """A monotone module holding a parameter stays put (moving it would renumber the parameter)."""
+
+    class Shifted(torch.nn.Module, OpModule):
+        monotone = True
+
+        def __init__(self):
+            super().__init__()
+            self.shift = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            return x + self.shift
+
+    pool, shifted, relu = MaxPool2dModule(2), Shifted(), torch.nn.ReLU()
+    modules, kinds = pool_first([shifted, pool], ["shifted", "max_pool2d"])
+    assert modules == [shifted, pool] and kinds == ["shifted", "max_pool2d"]
+    assert pool_first([relu, pool], ["relu", "max_pool2d"])[0] == [relu, pool]  # a plain module declares nothing

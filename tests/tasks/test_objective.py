@@ -76,6 +76,22 @@ def test_backprop_classifier_is_the_same_graph():
     assert {id(p) for p in model.parameters()} == {id(p) for p in graph.parameters()}
 
 
+def test_backprop_leaves_the_amortised_encoders_to_pc():
+    """graph.encoders propose PC's initial latents: the baseline neither trains nor counts them."""
+    d = pcgraph.load_spec("specs/digits_mlp.yaml").model_dump(mode="json", exclude_none=True)
+    d["graph"]["encoders"] = [{"from": "image", "to": "h2", "fn": ["linear"]}]
+    d["inference"]["init"] = "amortised"
+    d["train"]["epochs"] = 1
+    spec = pcgraph.spec_from_dict(d)
+    graph = pcgraph.compile(spec)
+    encoders = {id(p) for p in graph.encoders.parameters()}
+    trained = Backprop(spec, graph).trained_parameters()
+    assert encoders and not encoders & {id(p) for p in trained}
+    assert {id(p) for p in trained} | encoders == {id(p) for p in graph.parameters()}
+    result = pcgraph.train(spec, method="bp", progress=False, log=lambda s: None)
+    assert result.params == graph.num_params() - 64 * 64 - 64
+
+
 @pytest.mark.parametrize(("encoder", "path", "words"), [
     ({"from": "h", "to": "z", "fn": ["linear"]}, "bp.encoder.from", "must read the data input 'x'"),
     ({"from": "x", "to": "h", "fn": ["linear"]}, "bp.encoder.to", "root latent ['z']"),

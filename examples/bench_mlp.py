@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("spec", nargs="?", default="specs/mnist_mlp.yaml")
     p.add_argument("--data-root")
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--no-compile", action="store_true", help="PC without torch.compile")
+    p.add_argument("--no-compile", action="store_true", help="PC eagerly only (no compiled loop)")
     p.add_argument("--skip-eager", action="store_true", help="do not also time PC without compile")
     args = p.parse_args()
     spec = pcgraph.load_spec(args.spec)

@@ -5,8 +5,10 @@
     python examples/bench_speed.py --smoke                                      # tiny sizes: it runs
 
 Rows (ratios are within this one run; the machines are shared and drift by tens of percent):
-- MNIST MLP (``specs/mnist_mlp.yaml``, T = 8, batch 128): ``pcgraph train`` as a user runs it,
-  default (eager) and ``--compile``, in a fresh process each: first epoch (start-up excluded,
+- MNIST MLP (``specs/mnist_mlp.yaml``, T = 8, batch 128): ``pcgraph train`` as a user runs it
+  (the spec's 25 epochs, which ``inference.compile: auto`` compiles ahead of time), twice on a new
+  cache folder (the first run compiles, the second loads the program), and ``--epochs`` epochs
+  eagerly (``inference.compile=false``), in a fresh process each: first epoch (start-up excluded,
   compile included) and the steady state (median of the later epochs); pcx's own MNIST MLP setup
   and the notes' code through their harnesses in ``../shared/anchors`` (run in their own
   interpreters). ``matmul share``: the update's FLOPs (torch.utils.flop_counter) per second
@@ -27,9 +29,11 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -51,11 +55,13 @@ ANCHORS = ROOT.parent / "shared" / "anchors"
 CONV_OPS = ("aten.convolution", "aten.convolution_backward")
 
 
-def pcgraph_epochs(spec: str, epochs: int, data_root: str, *extra: str) -> dict:
-    """``pcgraph train SPEC --json`` in a fresh process: its epoch seconds and final figures."""
-    cmd = [sys.executable, "-m", "pcgraph", "train", spec, "--epochs", str(epochs), "--data-root", data_root,
-           "--json", "--no-progress", *extra]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+def pcgraph_epochs(spec: str, epochs: int | None, data_root: str, *extra: str, cache: str | None = None) -> dict:
+    """``pcgraph train SPEC --json`` in a fresh process (``epochs`` None: the spec's own; ``cache``:
+    the compiled programs' folder): its epoch seconds and final figures."""
+    cmd = [sys.executable, "-m", "pcgraph", "train", spec, *(["--epochs", str(epochs)] if epochs else []),
+           "--data-root", data_root, "--json", "--no-progress", *extra]
+    env = {**os.environ, **({"PCGRAPH_CACHE_DIR": cache} if cache else {})}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT, env=env).stdout
     result = json.loads(out.strip().splitlines()[-1])
     seconds = result["epoch_seconds"]
     return {"first_s": seconds[0], "epoch_s": statistics.median(seconds[1:] or seconds),
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--pcx-python", help="the interpreter of a virtual environment holding jax and pcx")
     p.add_argument("--seed-repo", help="a checkout of the notes' public code")
-    p.add_argument("--epochs", type=int, default=4, help="MLP epochs per run (default 4)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs of the eager MLP run and of pcx (default 4)")
     p.add_argument("--ae-epochs", type=int, default=5, help="autoencoder epochs (default 5, the notes' protocol)")
     p.add_argument("--cnn-batches", type=int, default=20, help="timed CNN updates per method (default 20)")
     p.add_argument("--only", default="mlp,ae,cnn", help="which benchmarks (comma-separated)")
@@ -184,9 +190,13 @@ def main(argv: list[str] | None = None) -> dict:
     if a.smoke:
         only, a.cnn_batches = {"cnn"}, 1
     if "mlp" in only:
-        spec = pcgraph.load_spec(ROOT / "specs/mnist_mlp.yaml")
-        r["mlp"] = {"pcgraph": pcgraph_epochs("specs/mnist_mlp.yaml", a.epochs, a.data_root),
-                    "pcgraph --compile": pcgraph_epochs("specs/mnist_mlp.yaml", a.epochs, a.data_root, "--compile")}
+        S = "specs/mnist_mlp.yaml"
+        spec = pcgraph.load_spec(ROOT / S)
+        cache = tempfile.mkdtemp(prefix="pcgraph-aot-")  # empty: the first run compiles, the second loads
+        r["mlp"] = {"pcgraph (default), cold cache": pcgraph_epochs(S, None, a.data_root, cache=cache),
+                    "pcgraph (default), warm cache": pcgraph_epochs(S, None, a.data_root, cache=cache),
+                    "pcgraph, eager": pcgraph_epochs(S, a.epochs, a.data_root, "inference.compile=false")}
+        shutil.rmtree(cache, ignore_errors=True)
         if a.pcx_python:
             r["mlp"]["pcx"] = pcx_mlp(a.pcx_python, a.data_root, a.epochs)
         if a.seed_repo:

@@ -512,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "files in the --tensorboard folder")
     t.add_argument("--seed", type=_seed, help="override train.seed")
     t.add_argument("--compile", action="store_true",
-                   help="torch.compile the inference loop (on cuda: captured once as a CUDA graph and replayed)")
+                   help="compile the inference loop whatever the run's length (cpu: ahead of time, cached on disk; "
+                   "cuda: torch.compile, captured once as a CUDA graph); inference.compile=false runs eagerly")
     t.add_argument("--nproc", type=_positive_int, metavar="N",
                    help="data-parallel training in N processes on this machine (gloo on cpu; nccl on cuda, "
                         "one GPU each); data.batch_size stays the global batch, each process relaxes its "
@@ -541,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", type=_methods, default=["pc", "bp"], help="pc,bp (default) or one of them")
     b.add_argument("--data-root", help="folder with the data sets' files (default: $PCGRAPH_DATA)")
     b.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    b.add_argument("--compile", action="store_true", help="torch.compile PC's inference loop")
+    b.add_argument("--compile", action="store_true", help="compile PC's inference loop whatever the run's length")
     b.add_argument("--out", help="keep every run folder under DIR/<spec>/<method>-seed<k> (<spec>: the spec's "
                    "name with characters other than letters, digits, '.', '_', '-' replaced by '_')")
     b.add_argument("--force", action="store_true", help="replace existing run folders and output files")

@@ -21,9 +21,11 @@ def chain():
 
 
 def two_steps(compiled: bool):
+    """Two updates from a zeros init, which a CPU compiles with torch.compile as CUDA does every run
+    (a forward init is compiled ahead of time there instead: tests/solver/test_aot.py)."""
     torch.manual_seed(3)
     graph = chain()
-    solver = pcgraph.Solver(steps=5, optimizer=StateSGD(0.1, 0.5), compile=compiled)
+    solver = pcgraph.Solver(steps=5, optimizer=StateSGD(0.1, 0.5), init="zeros", compile=compiled)
     opt = torch.optim.Adam(graph.parameters(), lr=0.01)
     batches = [{"x0": torch.randn(8, 6, dtype=torch.float64), "x3": torch.randn(8, 3, dtype=torch.float64)}
                for _ in range(2)]

@@ -154,6 +154,8 @@ class Captured:
         self.failed = False
 
     def __call__(self, run: Run, optimizer, states: States, steps: int, learn: bool):
+        if self.failed:
+            return fixed_loop(run, optimizer, states, steps, learn)
         try:
             if self.cuda:
                 torch.compiler.cudagraph_mark_step_begin()

@@ -30,6 +30,7 @@ from pcgraph.compiler import CompiledGraph, States
 from pcgraph.errors import SpecError
 from pcgraph.precision import precision_table
 from pcgraph.solver import local
+from pcgraph.solver.aot import AheadOfTime
 from pcgraph.solver.batch import check_batch
 from pcgraph.solver.checks import compilable, divergence
 from pcgraph.solver.errors import relax_errors
@@ -47,7 +48,7 @@ from pcgraph.solver.loop import (
 )
 from pcgraph.solver.optim import StateAdam, StateSGD, state_optimizer
 from pcgraph.solver.plan import Constants, Plan
-from pcgraph.solver.start import encoder_gradients, initial_states
+from pcgraph.solver.start import encoder_gradients, initial_states, output_leaves
 from pcgraph.spec import SGD, GraphSpec
 from pcgraph.updates import WeightUpdate, parse_update
 from pcgraph.variants import Variant, parse_variant
@@ -93,12 +94,14 @@ class Solver:
             (:attr:`Relaxation.node_energy`; the loop then runs eagerly).
         local_rules: use the closed-form local rules when the graph's ops allow (default), or
             always autograd (``False``).
-        compile: ``torch.compile`` the fixed-step loop (local rules, no ``tol``, a variant that
-            neither learns every step nor fixes the predictions):
-            a one-time compile for the first batch size seen (other sizes run eagerly), then
-            less Python and kernel-launch overhead per batch. On CUDA the whole T-step loop is
-            captured once as a CUDA graph (``mode="reduce-overhead"``) and replayed; if compiling
-            or capturing fails, a warning says so and the eager loop runs.
+        compile: compile the fixed-step loop (local rules, no ``tol``, a variant that neither
+            learns every step nor fixes the predictions) for the first batch size seen (other
+            sizes run eagerly): on CPU ahead of time, cached on disk across runs
+            (:mod:`pcgraph.solver.aot`; runs from another init go to ``torch.compile``); on CUDA
+            ``torch.compile`` with the T-step loop captured once as a CUDA graph and replayed. If
+            compiling fails, a warning says so and the eager loop runs. A spec's
+            ``inference.compile: auto`` is ``False`` here; ``pcgraph train`` resolves it from the
+            run's length (:func:`pcgraph.solver.aot.pays`).
     """
 
     def __init__(self, steps: int = 20, optimizer: StateSGD | StateAdam | None = None, init: str = "forward",
@@ -131,6 +134,8 @@ class Solver:
         if init == "amortised" and (v.fixed_predictions or v.relaxes == "errors"):
             raise SpecError(f"variant {v.kind!r} starts from the feedforward pass, so it cannot use amortised init",
                             "inference.init")
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile must be True or False, got {compile!r}")
         self.local_rules, self.compile = local_rules, compile
         self._cache: dict = {}
         self.optimizer = optimizer or state_optimizer(SGD())
@@ -140,7 +145,7 @@ class Solver:
         inf = spec.inference
         kwargs = dict(steps=inf.steps, optimizer=state_optimizer(inf.optimizer), init=inf.init, tol=inf.tol,
                       check_every=inf.check_every, variant=spec.learning.variant, update=spec.learning.update,
-                      precisions=inf.precisions, trace_nodes=inf.trace_nodes, compile=inf.compile)
+                      precisions=inf.precisions, trace_nodes=inf.trace_nodes, compile=inf.compile is True)
         return cls(**{**kwargs, **overrides})
 
     # --- the public calls --------------------------------------------------------------------
@@ -205,43 +210,53 @@ class Solver:
         fixed = variant.fixed_predictions
         from_errors = variant.relaxes == "errors"
         every_step = weight_optimizer is not None and variant.learn_every_step
-        with torch.no_grad():
-            states, const, predicted, batch = initial_states(
-                graph, batch, plan, self.init, None if fixed or from_errors else init, fixed or from_errors, update,
-                epoch)
-            energy_fixed = sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), zero_scalar(states))
         params = [p for p in graph.parameters() if p.requires_grad]
-        node_trace: list[States] = []
         table, learn_weights = precision_table(self.precisions, graph, plan, steps), None
-        nudge = update.output_weight(epoch)
-        if nudge != 1:  # the outputs' energies weighted by s beta, in inference and learning alike
-            learn_weights = dict.fromkeys(predicted, nudge)
-            table = tuple({**w, **{v: w.get(v, 1.0) * nudge for v in predicted}} for w in table or [{}] * steps)
-        run = Run(graph, plan, const, params, local_grads if use_local else autograd_grads, fixed, table,
-                  learn_weights=learn_weights, forward_states=dict(states) if update.at_forward else None,
-                  observe=self._observer(graph, node_trace, {v: states[v] for v in plan.relaxed} if fixed else None))
-        if update.at_forward:
-            run.forward_states.update({v: states[v].clone() for v in plan.relaxed})
         # learning every step with nothing to infer has no steps to learn in: it learns once, at the end
         learn_now = (weight_optimizer is not None and (not every_step or not plan.relaxed)) or want_grads
-        if from_errors:  # ePC: relax the errors of x = f(parents) + e, then learn at x(e)
-            trace, relaxed, errors = relax_errors(run, optimizer, batch, steps)
-            states.update({v: relaxed[v] for v in plan.relaxed})
-            exact = {v: e for v, e in errors.items() if v in graph.terms} if not update.at_forward else None
-            trace, gp = finish(replace(run, errors=exact), states, learn_now, trace)
-        elif fixed:  # the relaxed states hold their deviations from the feedforward values
-            start = {v: states[v] for v in plan.relaxed}
-            states.update({v: torch.zeros_like(x) for v, x in start.items()})
-            trace, gp = fixed_loop(run, optimizer, states, steps, learn_now)
-            states.update({v: start[v] + states[v] for v in start})
-        elif every_step or self.tol is not None:
-            learning = lambda gp: self._learning_gradient(graph, batch, plan, states, gp, epoch)  # noqa: E731
-            trace, gp, steps = self._stepwise(run, states, optimizer, steps, weight_optimizer if every_step else None,
-                                              b, learn_now, learning)
-        else:  # fixed T and no host sync: one function, compiled when asked for
-            compiled = self.compile and use_local and not self.trace_nodes and compilable(graph, plan)
-            loop = self._compiled(graph, plan, b) if compiled else fixed_loop
-            trace, gp = loop(run, optimizer, states, steps, learn_now)
+        plain = not (from_errors or fixed or every_step or self.tol is not None)  # fixed T, no host sync
+        compiled = plain and self.compile and use_local and not self.trace_nodes and compilable(graph, plan)
+        forward = init is None and self.init == "forward" and not (update.nudges or update.at_forward)
+        loop = self._compiled(graph, plan, b, ahead=forward) if compiled else None
+        done = loop.attempt(Run(graph, plan, Constants({}, {}, {}, fresh=True), params, local_grads, precision=table),
+                            optimizer, batch, output_leaves(graph, batch, plan), steps, learn_now) \
+            if isinstance(loop, AheadOfTime) else None
+        if done is not None:  # the forward init and the loop in one compiled program
+            relaxed, trace, gp, predicted, energy_fixed = done
+            states = {**batch, **relaxed}
+        else:
+            with torch.no_grad():
+                states, const, predicted, batch = initial_states(
+                    graph, batch, plan, self.init, None if fixed or from_errors else init, fixed or from_errors,
+                    update, epoch)
+                energy_fixed = sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), zero_scalar(states))
+            node_trace: list[States] = []
+            nudge = update.output_weight(epoch)
+            if nudge != 1:  # the outputs' energies weighted by s beta, in inference and learning alike
+                learn_weights = dict.fromkeys(predicted, nudge)
+                table = tuple({**w, **{v: w.get(v, 1.0) * nudge for v in predicted}} for w in table or [{}] * steps)
+            run = Run(graph, plan, const, params, local_grads if use_local else autograd_grads, fixed, table,
+                      learn_weights=learn_weights, forward_states=dict(states) if update.at_forward else None,
+                      observe=self._observer(graph, node_trace, {v: states[v] for v in plan.relaxed} if fixed else None))
+            if update.at_forward:
+                run.forward_states.update({v: states[v].clone() for v in plan.relaxed})
+            if from_errors:  # ePC: relax the errors of x = f(parents) + e, then learn at x(e)
+                trace, relaxed, errors = relax_errors(run, optimizer, batch, steps)
+                states.update({v: relaxed[v] for v in plan.relaxed})
+                exact = {v: e for v, e in errors.items() if v in graph.terms} if not update.at_forward else None
+                trace, gp = finish(replace(run, errors=exact), states, learn_now, trace)
+            elif fixed:  # the relaxed states hold their deviations from the feedforward values
+                start = {v: states[v] for v in plan.relaxed}
+                states.update({v: torch.zeros_like(x) for v, x in start.items()})
+                trace, gp = fixed_loop(run, optimizer, states, steps, learn_now)
+                states.update({v: start[v] + states[v] for v in start})
+            elif not plain:
+                learning = lambda gp: self._learning_gradient(graph, batch, plan, states, gp, epoch)  # noqa: E731
+                trace, gp, steps = self._stepwise(run, states, optimizer, steps, weight_optimizer if every_step else None,
+                                                  b, learn_now, learning)
+            else:  # fixed T and no host sync: one function, compiled when asked for
+                loop = loop if isinstance(loop, Captured) else fixed_loop
+                trace, gp = loop(run, optimizer, states, steps, learn_now)
         energy = torch.stack(trace) + energy_fixed
         if not bool(torch.isfinite(energy).all()):
             raise divergence(graph, states, energy, "inference", optimizer)
@@ -252,7 +267,8 @@ class Solver:
         with torch.no_grad():
             for v in plan.leaves:
                 states[v] = graph.terms[v].optimum(graph.prediction(states, v))
-        nodes = {v: torch.stack([t[v] for t in node_trace]) for v in node_trace[0]} if node_trace else None
+        nodes = {v: torch.stack([t[v] for t in node_trace]) for v in node_trace[0]} if done is None and node_trace \
+            else None
         return Relaxation(states, energy, steps if plan.relaxed else 0, predicted, nodes), gp
 
     def _learning_gradient(self, graph, batch, plan, states, gp: dict, epoch: int) -> dict:
@@ -305,17 +321,17 @@ class Solver:
         trace, gp = finish(run, states, learn, trace)
         return trace, gp, done
 
-    def _compiled(self, graph: CompiledGraph, plan: Plan, b: int):
-        """torch.compile of the fixed-step loop (:func:`~pcgraph.solver.loop.pure_loop`) for the
-        first batch size seen with this graph, clamp set and device; other sizes (an epoch's last,
-        smaller batch) run eagerly instead of recompiling. On CUDA the mode is ``reduce-overhead``:
-        the whole T-step loop is captured once as a CUDA graph and replayed for every batch."""
+    def _compiled(self, graph: CompiledGraph, plan: Plan, b: int, ahead: bool):
+        """The compiled loop for the first batch size seen with this graph, clamp set and device, or
+        None (other sizes, an epoch's last smaller batch, run eagerly instead of recompiling; so do
+        all after a failure). ``ahead``: a run from the forward init, which CPUs compile ahead of time."""
         device = graph_device(graph)
-        key = (id(graph), tuple(plan.relaxed), device)
+        kind = AheadOfTime if ahead and device.type == "cpu" else Captured
+        key = (id(graph), tuple(plan.relaxed), device, kind)
         if key not in self._cache:
-            self._cache[key] = (b, Captured(device))
+            self._cache[key] = (b, AheadOfTime() if kind is AheadOfTime else Captured(device))
         size, fn = self._cache[key]
-        return fn if size == b and not fn.failed else fixed_loop
+        return fn if size == b and not fn.failed else None
 
     def _converged(self, gx: States, plan: Plan, b: int) -> bool:
         sq = sum(g.reshape(b, -1).square().sum(1) for g in plan.step_grads(gx) if g is not None)

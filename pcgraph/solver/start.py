@@ -29,9 +29,7 @@ def initial_states(graph: CompiledGraph, batch: States, plan: Plan, init: str, s
     predicted: States = {}
     amortised = init == "amortised" and start is None and not forward
     if (init == "forward" or forward or amortised) and start is None:
-        # clamped leaves are left out of the pass so it predicts them too (one edge each)
-        out = {v for v in batch if graph.nodes[v].incoming and not graph.nodes[v].outgoing and v not in plan.free}
-        out = out if len(out) < len(batch) else set()
+        out = set(output_leaves(graph, batch, plan))
         if update.nudges and not out:
             raise SpecError("a nudged update clamps the outputs near their feedforward prediction, and no clamped "
                             "node is an output predicted from other clamped nodes", "learning.update")
@@ -63,6 +61,14 @@ def initial_states(graph: CompiledGraph, batch: States, plan: Plan, init: str, s
         const = Constants.at(graph, plan, states)
     states = {v: x.detach().clone() if v in plan.relaxed else x for v, x in states.items()}
     return states, const, predicted, batch
+
+
+def output_leaves(graph: CompiledGraph, batch: States, plan: Plan) -> list[str]:
+    """The clamped leaves a forward init predicts too (it leaves them out of the pass), unless they
+    are all the batch clamps."""
+    out = [v for v in graph.order if v in batch and graph.nodes[v].incoming and not graph.nodes[v].outgoing
+           and v not in plan.free]
+    return out if len(out) < len(batch) else []
 
 
 def _proposals(graph: CompiledGraph, batch: States, plan: Plan) -> States:

@@ -99,8 +99,10 @@ class InferenceSpec(_Strict):
         None, description="Stop early when every sample's state-gradient norm is below tol."
     )
     check_every: PositiveInt = Field(4, description="Steps between tolerance checks.")
-    compile: bool = Field(
-        False, description="torch.compile the fixed-step loop: a one-time compile, then faster steps."
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="Compile the fixed-step loop (on CPU ahead of time, cached on disk across runs). "
+        "auto: training runs of at least 5,000 updates on CPU; true: always (on CUDA: torch.compile and CUDA "
+        "graphs); false: eager."
     )
     trace_nodes: bool = Field(
         False, description="Record every node's energy at every inference step (training: each epoch's "

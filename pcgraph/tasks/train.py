@@ -23,7 +23,7 @@ from pcgraph.compiler import CompiledGraph, compile
 from pcgraph.data import Dataset, load_dataset
 from pcgraph.data.adapter import samples
 from pcgraph.errors import DivergenceError, Interrupted, SpecError, UsageError
-from pcgraph.solver import Solver
+from pcgraph.solver import Solver, aot
 from pcgraph.spec import GraphSpec, spec_from_yaml
 from pcgraph.tasks import checkpoint, distributed, runfolder
 from pcgraph.tasks.interrupt import StopOnSignal, progress_bar
@@ -253,7 +253,12 @@ def setup_run(ctx: distributed.Context, spec, epochs, data_root, device, out, pr
             f"npz, {n_train:,} train / {n_test:,} test samples"
         log(f"data: {what} from {data.source}{note}")
     n_epochs = (saved["epochs"] if saved else spec.train.epochs) if epochs is None else epochs
-    scheduler = lr_schedule(optimizer, spec.learning, n_epochs * -(-n_train // d.batch_size))
+    updates = n_epochs * -(-n_train // d.batch_size)
+    scheduler = lr_schedule(optimizer, spec.learning, updates)
+    if spec.inference.compile == "auto" and method == "pc" and dev.type == "cpu" and aot.pays(updates):
+        m.solver.compile = True
+        log(f"inference: compiled ahead of time ({updates:,} updates), cached in {aot.cache_dir()}; a graph's "
+            "first run compiles it once (inference.compile: false: eager)")
     out = Path(out) if out is not None else None
     columns = ("epoch", "energy", *(("train_accuracy",) if m.scored else ()), f"test_{task.metric}",
                "seconds", "skipped_batches")

@@ -33,13 +33,17 @@ class OpModule:
       slope >= 0), and ``picks_max``: each output is the largest of some inputs (max pooling).
       Since max(f(a), f(b)) = f(max(a, b)) for such an f, the compiler runs a ``picks_max`` op
       before a ``monotone`` op that precedes it (:func:`pool_first`; read once, when the graph
-      is compiled): the same output on fewer values.
+      is compiled): the same output on fewer values;
+    - ``compile_pays``: compiling a loop through this op ahead of time speeds it up (False for
+      ops whose cost is a few large kernels that compiling cannot improve: convolutions; a spec's
+      ``inference.compile: auto`` leaves graphs holding one eager).
     """
 
     has_local_rule: ClassVar[bool] = False
     elementwise: ClassVar[bool] = False
     monotone: ClassVar[bool] = False
     picks_max: ClassVar[bool] = False
+    compile_pays: ClassVar[bool] = True
 
     def local_vjp(self, x: Tensor, g: Tensor, grads: dict | None, need_input: bool) -> Tensor | None:
         """g^T df(x)/dx for the module's input ``x`` and output gradient ``g``; with ``grads`` it

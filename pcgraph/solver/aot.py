@@ -44,11 +44,12 @@ PAYS = 5000  # training updates from which a one-time compile is won back (about
 KEEP = 32  # programs kept in the cache folder, the most recently used (a few MB each)
 
 
-def pays(updates: int) -> bool:
-    """Whether ``inference.compile: auto`` compiles a training run of ``updates`` parameter updates:
-    decided from the run's length alone, never from the cache's content, so that running the same
-    command twice gives the same numbers."""
-    return updates >= PAYS
+def pays(graph: nn.Module, updates: int) -> bool:
+    """Whether ``inference.compile: auto`` compiles a training run of ``updates`` parameter updates
+    of ``graph``: long enough, and no op that compiling does not speed up (``OpModule.compile_pays``).
+    Decided from the run alone, never from the cache's content, so that running the same command
+    twice gives the same numbers."""
+    return updates >= PAYS and all(getattr(m, "compile_pays", True) for m in graph.modules())
 
 
 def cache_dir() -> Path:

@@ -101,8 +101,8 @@ class InferenceSpec(_Strict):
     check_every: PositiveInt = Field(4, description="Steps between tolerance checks.")
     compile: bool | Literal["auto"] = Field(
         "auto", description="Compile the fixed-step loop (on CPU ahead of time, cached on disk across runs). "
-        "auto: training runs of at least 5,000 updates on CPU; true: always (on CUDA: torch.compile and CUDA "
-        "graphs); false: eager."
+        "auto: training runs of at least 5,000 updates on CPU, of graphs without convolutions; true: always "
+        "(on CUDA: torch.compile and CUDA graphs); false: eager."
     )
     trace_nodes: bool = Field(
         False, description="Record every node's energy at every inference step (training: each epoch's "

@@ -137,3 +137,10 @@ def test_auto_compiles_only_runs_long_enough_to_pay(cache, monkeypatch):
         pcgraph.train(spec, epochs=1, progress=False, log=lines.append)
     assert any("compiled ahead of time (45 updates)" in line for line in lines), lines
     assert len(list(cache.glob("*.pt2"))) == 1
+
+
+def test_auto_leaves_graphs_whose_ops_compiling_does_not_speed_up_eager():
+    mlp = pcgraph.compile(small_spec())
+    cnn = pcgraph.compile(pcgraph.load_spec(Path(__file__).parents[2] / "specs" / "cifar10_cnn.yaml"))
+    assert aot.pays(mlp, aot.PAYS) and not aot.pays(mlp, aot.PAYS - 1)
+    assert not aot.pays(cnn, 10**9)  # convolutions: oneDNN's kernels either way

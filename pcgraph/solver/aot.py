@@ -10,9 +10,10 @@ and the buffers,
 
 is traced once (``torch.export``, non-strict: the Python loop runs on fake tensors), compiled by
 AOTInductor into a shared library and stored in ``$PCGRAPH_CACHE_DIR`` (default
-``~/.cache/pcgraph/aot``) under a hash of everything the traced program depends on: the source
-of pcgraph and of every module class in the graph, torch's version, the graph's spec and modules,
-the clamp set, T, the state optimizer's settings, the precision tables and the input shapes. A later
+``~/.cache/pcgraph/aot``, private to its user) under a hash of everything the traced program
+depends on: the source of pcgraph and of the graph's module and energy classes, torch's version,
+this host, its CPU and thread count, the spec's graph and inference sections, the modules, the
+clamp set, T, the state optimizer's settings, the precision tables and the input shapes. A later
 run with the same key loads the library in milliseconds; nothing is traced again. Steps of the
 compiled program run the same kernels every time, so the zero errors of the forward init stay
 exactly zero (the init is inside the program). Parameters and buffers are inputs, never baked in:
@@ -24,9 +25,12 @@ train`` compiles by default only runs long enough to win it back (:func:`pays`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import os
+import platform
+import time
 import warnings
 import weakref
 from dataclasses import replace
@@ -81,18 +85,32 @@ def _class_source(cls: type) -> str:
         return f"{cls.__module__}.{cls.__qualname__}@{id(cls)}"  # this process only
 
 
+def _machine() -> list:
+    """What the compiled code is specialised to: this host and its CPU (``-march=native``), and the
+    thread count written into the kernels' OpenMP pragmas."""
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):  # Linux: the model and the instruction set extensions
+        cpu = sorted({line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith(("model name", "flags"))})
+    return [platform.node(), platform.machine(), cpu, torch.get_num_threads()]
+
+
 def key(run: Run, optimizer, steps: int, learn: bool, inputs: list[Tensor]) -> str:
-    """The cache key of one traced relaxation."""
+    """The cache key of one traced relaxation: everything the program depends on, nothing else (a
+    seed, a learning rate or a data set reuse the same program)."""
     global _SOURCE
     if _SOURCE is None:
         _SOURCE = _source_digest()
-    graph, plan = run.graph, run.plan
-    classes = sorted({f"{c.__module__}.{c.__qualname__}" for c in map(type, graph.modules())})
-    foreign = [_class_source(type(m)) for m in graph.modules() if not type(m).__module__.startswith(("torch.", "pcgraph."))]
-    parts = [FORMAT, torch.__version__, _SOURCE, graph.spec.model_dump_json(), repr(graph), classes, foreign,
+    graph, plan, spec = run.graph, run.plan, run.graph.spec
+    terms = [*graph.terms.values(), *graph.priors.values()]
+    classes = {*map(type, graph.modules()), *map(type, terms), *(type(t.energy) for t in terms)}
+    foreign = sorted(_class_source(c) for c in classes if not c.__module__.startswith(("torch.", "pcgraph.")))
+    settings = [spec.graph.model_dump_json(), spec.inference.model_dump_json(exclude={"compile"}),
+                spec.learning.variant.model_dump_json(), spec.learning.update.model_dump_json()]
+    parts = [FORMAT, torch.__version__, _SOURCE, _machine(), settings, repr(graph), sorted(map(repr, classes)), foreign,
              plan.relaxed, sorted(plan.clamped), steps, learn, type(optimizer).__qualname__, sorted(vars(optimizer).items()),
              repr(run.precision), repr(run.learn_weights), [(tuple(t.shape), str(t.dtype), str(t.device)) for t in inputs],
-             [(n, p.requires_grad) for n, p in graph.named_parameters()], torch.get_default_dtype()]
+             [n for n, _ in graph.named_parameters()], torch.get_default_dtype()]
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
 
@@ -108,10 +126,10 @@ class _Traced(nn.Module):
     def forward(self, *tensors: Tensor):
         run, optimizer, steps, learn, clamped, names, outputs = self.bound
         graph, plan, k = run.graph, run.plan, len(clamped)
-        trained = [n for n, p in graph.named_parameters() if p.requires_grad]  # run.params, by name
+        params = [n for n, _ in graph.named_parameters()]  # frozen ones too, as the eager rules give them
         swapped = dict(zip(names, tensors[k:]))
         with torch.nn.utils.stateless._reparametrize_module(graph, swapped), torch.no_grad():
-            run, states = refed(replace(run, params=[swapped[n] for n in trained]), dict(zip(clamped, tensors[:k])))
+            run, states = refed(replace(run, params=[swapped[n] for n in params]), dict(zip(clamped, tensors[:k])))
             predicted = [graph.terms[v].optimum(_prediction(run, v)) for v in outputs]
             fixed = sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), zero_scalar(states))
             trace, gp = fixed_loop(run, optimizer, states, steps, learn)
@@ -157,15 +175,17 @@ class AheadOfTime:
         graph, plan = run.graph, run.plan
         clamped = [v for v in graph.order if v in batch]
         (names, owners), keys = self._slots(graph)
-        tensors = [batch[v] for v in clamped] + [getattr(m, leaf).detach() for m, leaf in owners]
+        slots = [getattr(m, leaf) for m, leaf in owners]
+        # the program reads its inputs with the strides it was traced with
+        tensors = [t.detach().contiguous() for t in [batch[v] for v in clamped] + slots]
         quick = (tuple(plan.relaxed), tuple(clamped), tuple(outputs), steps, learn, type(optimizer),
                  tuple(sorted(vars(optimizer).items())), repr(run.precision), repr(run.learn_weights),
-                 tuple((t.shape, t.dtype, t.device) for t in tensors))
+                 tuple((t.shape, t.dtype, t.device) for t in tensors), torch.get_num_threads())
         k = keys.get(quick) or keys.setdefault(quick, key(run, optimizer, steps, learn, tensors))
         program = self.programs.get(k) or self._load(k, _Traced(run, optimizer, steps, learn, clamped, names, outputs),
                                                      tensors)
         trace, gp, relaxed, predicted, fixed = program(*tensors)
-        gp = {p: g for p, g in zip(run.params, gp) if g is not None} if learn else None
+        gp = {p: g for p, g in zip(slots, gp) if g is not None} if learn else None  # parameters come first
         return dict(zip(plan.relaxed, relaxed)), list(trace), gp, dict(zip(outputs, predicted)), fixed
 
     def _slots(self, graph: nn.Module):
@@ -187,17 +207,19 @@ class AheadOfTime:
             if program.constants:  # a tensor that is neither a parameter nor a buffer would be frozen in
                 raise RuntimeError(f"the traced loop reads tensors that are not inputs: {sorted(program.constants)}")
             build(program, path)
+        _check_private(path)
         runner = torch._inductor.aoti_load_package(str(path))
-        os.utime(path)  # recently used: kept when the cache is pruned
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: kept when the cache is pruned
         self.programs[k] = runner
         return runner
 
 
-def _check_private(folder: Path) -> None:
-    """A program is a shared library: load only from a folder no one else can write to."""
-    st = folder.stat()
+def _check_private(path: Path) -> None:
+    """A program is a shared library: load only what no one else can have written."""
+    st = path.stat()
     if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
-        raise PermissionError(f"{folder} is writable by other users or not yours; set PCGRAPH_CACHE_DIR to a "
+        raise PermissionError(f"{path} is writable by other users or not yours; set PCGRAPH_CACHE_DIR to a "
                               "private folder")
 
 
@@ -205,8 +227,21 @@ def build(program, path: Path) -> None:
     """AOTInductor-compile an exported program into ``path``, atomically (a reader never sees half)."""
     part = path.with_name(f"{path.stem}.{os.getpid()}.part.pt2")
     torch._inductor.aoti_compile_and_package(program, package_path=str(part))
-    os.replace(part, path)
-    programs = sorted((p for p in path.parent.glob("*.pt2") if p.stem.count(".") == 0),
-                      key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in programs[KEEP:]:
+    part.chmod(0o600)
+    os.replace(part, path)  # several processes compiling the same program: the last one wins
+    with contextlib.suppress(OSError):  # another process may be pruning too
+        _prune(path.parent)
+
+
+def _prune(folder: Path) -> None:
+    """Keep the KEEP most recently used programs, and no compile's leftovers older than an hour."""
+    now, programs = time.time(), []
+    for p in folder.glob("*.pt2"):
+        age = now - p.stat().st_mtime
+        if p.stem.count("."):  # NAME.PID.part: a compile in progress, or one that was killed
+            if age > 3600:
+                p.unlink(missing_ok=True)
+        else:
+            programs.append((age, p))
+    for _, old in sorted(programs)[KEEP:]:
         old.unlink(missing_ok=True)

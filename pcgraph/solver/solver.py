@@ -216,7 +216,7 @@ class Solver:
         learn_now = (weight_optimizer is not None and (not every_step or not plan.relaxed)) or want_grads
         plain = not (from_errors or fixed or every_step or self.tol is not None)  # fixed T, no host sync
         compiled = plain and self.compile and use_local and not self.trace_nodes and compilable(graph, plan)
-        forward = init is None and self.init == "forward" and not (update.nudges or update.at_forward)
+        forward = init is None and self.ahead_of_time(epoch)
         loop = self._compiled(graph, plan, b, ahead=forward) if compiled else None
         done = loop.attempt(Run(graph, plan, Constants({}, {}, {}, fresh=True), params, local_grads, precision=table),
                             optimizer, batch, output_leaves(graph, batch, plan), steps, learn_now) \
@@ -320,6 +320,13 @@ class Solver:
                 break
         trace, gp = finish(run, states, learn, trace)
         return trace, gp, done
+
+    def ahead_of_time(self, epoch: int = 0) -> bool:
+        """Whether this solver's runs are what a CPU compiles ahead of time (:mod:`~pcgraph.solver.aot`):
+        T fixed steps on the states from the forward init, then one weight gradient where they end."""
+        v, u = self.variant, self.update
+        return self.init == "forward" and self.tol is None and not self.trace_nodes and v.relaxes == "states" \
+            and not (v.fixed_predictions or v.learn_every_step or u.nudges or u.at_forward) and u.output_weight(epoch) == 1
 
     def _compiled(self, graph: CompiledGraph, plan: Plan, b: int, ahead: bool):
         """The compiled loop for the first batch size seen with this graph, clamp set and device, or

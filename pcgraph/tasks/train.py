@@ -255,7 +255,8 @@ def setup_run(ctx: distributed.Context, spec, epochs, data_root, device, out, pr
     n_epochs = (saved["epochs"] if saved else spec.train.epochs) if epochs is None else epochs
     updates = n_epochs * -(-n_train // d.batch_size)
     scheduler = lr_schedule(optimizer, spec.learning, updates)
-    if spec.inference.compile == "auto" and method == "pc" and dev.type == "cpu" and aot.pays(graph, updates):
+    if spec.inference.compile == "auto" and method == "pc" and dev.type == "cpu" and m.solver.ahead_of_time() \
+            and aot.pays(graph, updates):
         m.solver.compile = True
         log(f"inference: compiled ahead of time ({updates:,} updates), cached in {aot.cache_dir()}; a graph's "
             "first run compiles it once (inference.compile: false: eager)")

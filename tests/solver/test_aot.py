@@ -42,6 +42,12 @@ def cache(tmp_path, monkeypatch):
     return folder
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One cache folder for the tests that do not count its files: each program compiles once."""
+    return tmp_path_factory.mktemp("aot-shared")
+
+
 def train_steps(spec, graph, compiled: bool, n: int = 3):
     """n learning steps on copies of ``graph``; returns (the relaxations, the trained graph)."""
     graph = copy.deepcopy(graph)
@@ -144,3 +150,30 @@ def test_auto_leaves_graphs_whose_ops_compiling_does_not_speed_up_eager():
     cnn = pcgraph.compile(pcgraph.load_spec(Path(__file__).parents[2] / "specs" / "cifar10_cnn.yaml"))
     assert aot.pays(mlp, aot.PAYS) and not aot.pays(mlp, aot.PAYS - 1)
     assert not aot.pays(cnn, 10**9)  # convolutions: oneDNN's kernels either way
+
+
+def test_inputs_with_other_strides_give_the_same_relaxation(shared, monkeypatch):
+    """The program reads its inputs with the strides it was traced with: others are made contiguous."""
+    monkeypatch.setenv("PCGRAPH_CACHE_DIR", str(shared))
+    spec = small_spec()
+    graph = pcgraph.compile(spec, dtype=torch.float64)
+    solver = pcgraph.Solver.from_spec(spec, compile=True)
+    batch = data()
+    strided = {"x": batch["x"].t().contiguous().t(), "y": torch.stack([batch["y"], batch["y"]], 2)[..., 0]}
+    assert not strided["x"].is_contiguous() and not strided["y"].is_contiguous()
+    a, b = solver.relax(graph, batch), solver.relax(graph, strided)
+    assert torch.equal(a.energy, b.energy) and all(torch.equal(a.states[v], b.states[v]) for v in a.states)
+
+
+def test_a_layer_frozen_between_steps_gets_the_eager_gradients(shared, monkeypatch):
+    monkeypatch.setenv("PCGRAPH_CACHE_DIR", str(shared))
+    spec = small_spec()
+    graph = pcgraph.compile(spec, dtype=torch.float64)
+    solver = pcgraph.Solver.from_spec(spec, compile=True)
+    solver.gradients(graph, data())
+    graph.edges[1].pipeline[0].weight.requires_grad_(False)  # h1 -> h2: the same shape as nothing else
+    got = solver.gradients(graph, data())[1]
+    want = pcgraph.Solver.from_spec(spec).gradients(graph, data())[1]
+    for k in want:  # the frozen weight's too (a weight optimizer leaves it alone)
+        torch.testing.assert_close(got[k], want[k], rtol=1e-9, atol=1e-12, msg=k)
+    assert got["edges.1.pipeline.0.weight"].any()

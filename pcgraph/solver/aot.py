@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import logging
 import os
 import platform
 import time
@@ -171,7 +172,8 @@ class AheadOfTime:
 
     def relax(self, run: Run, optimizer, batch: dict, outputs: list[str], steps: int, learn: bool):
         """(relaxed states {node: x*}, energy trace, parameter gradients or None, {clamped output:
-        feedforward prediction}, the fixed terms' energy) from the clamped ``batch``."""
+        feedforward prediction}, the fixed terms' energy) from the clamped ``batch``. ``run.params``
+        is not read: the program takes every parameter (frozen ones too) and buffer as an input."""
         graph, plan = run.graph, run.plan
         clamped = [v for v in graph.order if v in batch]
         (names, owners), keys = self._slots(graph)
@@ -206,13 +208,27 @@ class AheadOfTime:
             program = torch.export.export(traced, tuple(tensors), strict=False)
             if program.constants:  # a tensor that is neither a parameter nor a buffer would be frozen in
                 raise RuntimeError(f"the traced loop reads tensors that are not inputs: {sorted(program.constants)}")
-            build(program, path)
+            with _quiet():
+                build(program, path)
         _check_private(path)
-        runner = torch._inductor.aoti_load_package(str(path))
+        with _quiet():
+            runner = torch._inductor.aoti_load_package(str(path))
         with contextlib.suppress(OSError):
             os.utime(path)  # recently used: kept when the cache is pruned
         self.programs[k] = runner
         return runner
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Without torch's "No CUDA runtime is found" warning, which its C++ tooling logs on CPU machines."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _check_private(path: Path) -> None:

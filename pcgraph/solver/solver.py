@@ -210,7 +210,6 @@ class Solver:
         fixed = variant.fixed_predictions
         from_errors = variant.relaxes == "errors"
         every_step = weight_optimizer is not None and variant.learn_every_step
-        params = [p for p in graph.parameters() if p.requires_grad]
         table, learn_weights = precision_table(self.precisions, graph, plan, steps), None
         # learning every step with nothing to infer has no steps to learn in: it learns once, at the end
         learn_now = (weight_optimizer is not None and (not every_step or not plan.relaxed)) or want_grads
@@ -218,7 +217,7 @@ class Solver:
         compiled = plain and self.compile and use_local and not self.trace_nodes and compilable(graph, plan)
         forward = init is None and self.ahead_of_time(epoch)
         loop = self._compiled(graph, plan, b, ahead=forward) if compiled else None
-        done = loop.attempt(Run(graph, plan, Constants({}, {}, {}, fresh=True), params, local_grads, precision=table),
+        done = loop.attempt(Run(graph, plan, Constants({}, {}, {}, fresh=True), [], local_grads, precision=table),
                             optimizer, batch, output_leaves(graph, batch, plan), steps, learn_now) \
             if isinstance(loop, AheadOfTime) else None
         if done is not None:  # the forward init and the loop in one compiled program
@@ -230,6 +229,7 @@ class Solver:
                     graph, batch, plan, self.init, None if fixed or from_errors else init, fixed or from_errors,
                     update, epoch)
                 energy_fixed = sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), zero_scalar(states))
+            params = [p for p in graph.parameters() if p.requires_grad]
             node_trace: list[States] = []
             nudge = update.output_weight(epoch)
             if nudge != 1:  # the outputs' energies weighted by s beta, in inference and learning alike

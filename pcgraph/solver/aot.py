@@ -19,7 +19,7 @@ compiled program run the same kernels every time, so the zero errors of the forw
 exactly zero (the init is inside the program). Parameters and buffers are inputs, never baked in:
 a program that would bake in any other tensor is refused (the eager loop runs instead).
 
-A first compile takes tens of seconds (about 20 s for the MNIST MLP on 2 cores), so ``pcgraph
+A first compile takes tens of seconds (about 13 s for the MNIST MLP on 2 cores), so ``pcgraph
 train`` compiles by default only runs long enough to win it back (:func:`pays`).
 """
 

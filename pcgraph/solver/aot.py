@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 import pcgraph
 from pcgraph.errors import PCGraphWarning
-from pcgraph.solver.loop import Run, fixed_loop, refed, zero_scalar
+from pcgraph.solver.loop import Run, fixed_energy, fixed_loop, refed
 
 FORMAT = 1  # bump when the traced function's inputs or outputs change
 PAYS = 5000  # training updates from which a one-time compile is won back (about 3 ms each on the MLP)
@@ -132,7 +132,7 @@ class _Traced(nn.Module):
         with torch.nn.utils.stateless._reparametrize_module(graph, swapped), torch.no_grad():
             run, states = refed(replace(run, params=[swapped[n] for n in params]), dict(zip(clamped, tensors[:k])))
             predicted = [graph.terms[v].optimum(_prediction(run, v)) for v in outputs]
-            fixed = sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), zero_scalar(states))
+            fixed = fixed_energy(graph, plan, states)
             trace, gp = fixed_loop(run, optimizer, states, steps, learn)
         gp = [gp.get(p) for p in run.params] if gp is not None else []
         return tuple(trace), tuple(gp), tuple(states[v] for v in plan.relaxed), tuple(predicted), fixed

@@ -121,6 +121,11 @@ def zero_scalar(states: States) -> Tensor:
     return torch.zeros((), dtype=ref.dtype, device=ref.device)
 
 
+def fixed_energy(graph: CompiledGraph, plan: Plan, states: States) -> Tensor:
+    """The summed energy of the terms no relaxed state reaches (``plan.fixed_terms``), a scalar."""
+    return sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), zero_scalar(states))
+
+
 def finish(run: Run, states: States, learn: bool, trace: list, terms=None, recompute=None):
     """Append the energy at the relaxed states to ``trace``; when ``learn``, the same pass gives
     the parameter gradients (over every energy term, the fixed ones included)."""
@@ -134,7 +139,7 @@ def finish(run: Run, states: States, learn: bool, trace: list, terms=None, recom
     terms = terms + plan.fixed_terms if learn else terms
     e, _, gp = run.grads(states, terms, learn, need_states=False, recompute=recompute)
     if learn:  # the trace counts fixed terms separately
-        e = e - sum((run.graph.node_energy(states, v).sum() for v in plan.fixed_terms), zero_scalar(states))
+        e = e - fixed_energy(run.graph, plan, states)
     return [*trace, e.detach()], gp
 
 
@@ -154,8 +159,6 @@ class Captured:
         self.failed = False
 
     def __call__(self, run: Run, optimizer, states: States, steps: int, learn: bool):
-        if self.failed:
-            return fixed_loop(run, optimizer, states, steps, learn)
         try:
             if self.cuda:
                 torch.compiler.cudagraph_mark_step_begin()

@@ -40,11 +40,11 @@ from pcgraph.solver.loop import (
     Run,
     autograd_grads,
     finish,
+    fixed_energy,
     fixed_loop,
     graph_device,
     local_grads,
     param_step,
-    zero_scalar,
 )
 from pcgraph.solver.optim import StateAdam, StateSGD, state_optimizer
 from pcgraph.solver.plan import Constants, Plan
@@ -228,7 +228,7 @@ class Solver:
                 states, const, predicted, batch = initial_states(
                     graph, batch, plan, self.init, None if fixed or from_errors else init, fixed or from_errors,
                     update, epoch)
-                energy_fixed = sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), zero_scalar(states))
+                energy_fixed = fixed_energy(graph, plan, states)
             params = [p for p in graph.parameters() if p.requires_grad]
             node_trace: list[States] = []
             nudge = update.output_weight(epoch)

@@ -4,9 +4,10 @@ A relaxation from the forward init (:func:`~pcgraph.solver.loop.refed`, then the
 :func:`~pcgraph.solver.loop.fixed_loop`), as one function of the clamped values, the parameters
 and the buffers,
 
-    (x_clamped, theta, buffers) -> (E(0), ..., E(T), dE/dtheta, x*_relaxed, mu_out, E_fixed)
+    (x_clamped, theta, buffers) -> ([E(0), ..., E(T)] + E_fixed, finite, dE/dtheta, x*_relaxed, mu_out)
 
-(mu_out: the init's predictions of the clamped outputs; E_fixed: the terms no relaxed state reaches),
+(E_fixed: the energy of the terms no relaxed state reaches; finite: whether every E(t) is; mu_out:
+the init's predictions of the clamped outputs),
 
 is traced once (``torch.export``, non-strict: the Python loop runs on fake tensors), compiled by
 AOTInductor into a shared library and stored in ``$PCGRAPH_CACHE_DIR`` (default
@@ -39,12 +40,13 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.utils import _pytree as pytree
 
 import pcgraph
 from pcgraph.errors import PCGraphWarning
 from pcgraph.solver.loop import Run, fixed_energy, fixed_loop, refed
 
-FORMAT = 1  # bump when the traced function's inputs or outputs change
+FORMAT = 2  # bump when the traced function's inputs or outputs change
 PAYS = 5000  # training updates from which a one-time compile is won back (about 3 ms each on the MLP)
 KEEP = 32  # programs kept in the cache folder, the most recently used (a few MB each)
 
@@ -134,8 +136,10 @@ class _Traced(nn.Module):
             predicted = [graph.terms[v].optimum(_prediction(run, v)) for v in outputs]
             fixed = fixed_energy(graph, plan, states)
             trace, gp = fixed_loop(run, optimizer, states, steps, learn)
+            energy = torch.stack(trace) + fixed
+            finite = torch.isfinite(energy).all()
         gp = [gp.get(p) for p in run.params] if gp is not None else []
-        return tuple(trace), tuple(gp), tuple(states[v] for v in plan.relaxed), tuple(predicted), fixed
+        return energy, finite, tuple(gp), tuple(states[v] for v in plan.relaxed), tuple(predicted)
 
 
 def _prediction(run: Run, v: str) -> Tensor:
@@ -171,9 +175,10 @@ class AheadOfTime:
             return None
 
     def relax(self, run: Run, optimizer, batch: dict, outputs: list[str], steps: int, learn: bool):
-        """(relaxed states {node: x*}, energy trace, parameter gradients or None, {clamped output:
-        feedforward prediction}, the fixed terms' energy) from the clamped ``batch``. ``run.params``
-        is not read: the program takes every parameter (frozen ones too) and buffer as an input."""
+        """(relaxed states {node: x*}, the energy before each step and after the last, whether it
+        is finite, parameter gradients or None, {clamped output: feedforward prediction}) from the
+        clamped ``batch``. ``run.params`` is not read: the program takes every parameter (frozen ones
+        too) and buffer as an input."""
         graph, plan = run.graph, run.plan
         clamped = [v for v in graph.order if v in batch]
         (names, owners), keys = self._slots(graph)
@@ -186,9 +191,9 @@ class AheadOfTime:
         k = keys.get(quick) or keys.setdefault(quick, key(run, optimizer, steps, learn, tensors))
         program = self.programs.get(k) or self._load(k, _Traced(run, optimizer, steps, learn, clamped, names, outputs),
                                                      tensors)
-        trace, gp, relaxed, predicted, fixed = program(*tensors)
+        energy, finite, gp, relaxed, predicted = program(tensors)
         gp = {p: g for p, g in zip(slots, gp) if g is not None} if learn else None  # parameters come first
-        return dict(zip(plan.relaxed, relaxed)), list(trace), gp, dict(zip(outputs, predicted)), fixed
+        return dict(zip(plan.relaxed, relaxed)), energy, finite, gp, dict(zip(outputs, predicted))
 
     def _slots(self, graph: nn.Module):
         """((names of the graph's parameters and buffers, (module, attribute) to read each from), {what
@@ -212,11 +217,39 @@ class AheadOfTime:
                 build(program, path)
         _check_private(path)
         with _quiet():
-            runner = torch._inductor.aoti_load_package(str(path))
+            runner = Program(torch._inductor.aoti_load_package(str(path)))
         with contextlib.suppress(OSError):
             os.utime(path)  # recently used: kept when the cache is pruned
         self.programs[k] = runner
         return runner
+
+
+class Program:
+    """A loaded package called on a flat list of tensors. The package's own call reads back and
+    walks the saved tree layouts of its inputs and outputs on every call (a few percent of the
+    MLP's update); here the output layout is read once, at load."""
+
+    def __init__(self, package):
+        self.package = package
+        loader = getattr(package, "loader", None)
+        self.run = getattr(loader, "boxed_run", None)
+        if self.run is not None:
+            out = pytree.treespec_loads(loader.get_call_spec()[1])
+            self.layout = pytree.tree_unflatten(list(range(out.num_leaves)), out)
+
+    def __call__(self, tensors: list[Tensor]):
+        if self.run is None:  # a torch whose packages keep their loader elsewhere
+            return self.package(*tensors)
+        return _place(self.layout, self.run(list(tensors)))  # the call takes the list it is given
+
+
+def _place(layout, flat: list):
+    """``layout`` with every leaf index i replaced by ``flat[i]`` (tuples, lists and None kept)."""
+    if isinstance(layout, int):
+        return flat[layout]
+    if layout is None:
+        return None
+    return type(layout)(_place(part, flat) for part in layout)
 
 
 @contextlib.contextmanager

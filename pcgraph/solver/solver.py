@@ -21,6 +21,7 @@ one extra pass of weight-gradient products and nothing else.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, replace
 
 import torch
@@ -138,6 +139,7 @@ class Solver:
             raise ValueError(f"compile must be True or False, got {compile!r}")
         self.local_rules, self.compile = local_rules, compile
         self._cache: dict = {}
+        self._plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> {clamp set: _plan()}
         self.optimizer = optimizer or state_optimizer(SGD())
 
     @classmethod
@@ -200,7 +202,7 @@ class Solver:
 
     def _run(self, graph, batch, init, weight_optimizer, want_grads, epoch=0):
         b, batch, free = check_batch(graph, batch)
-        plan = Plan(graph, set(batch) - set(free), free)
+        plan, dense = self._plan(graph, batch, free)
         local.refresh(graph)
         variant, update = self.variant, self.update
         use_local = self.local_rules and local.rules_apply(graph)
@@ -214,14 +216,14 @@ class Solver:
         # learning every step with nothing to infer has no steps to learn in: it learns once, at the end
         learn_now = (weight_optimizer is not None and (not every_step or not plan.relaxed)) or want_grads
         plain = not (from_errors or fixed or every_step or self.tol is not None)  # fixed T, no host sync
-        compiled = plain and self.compile and use_local and not self.trace_nodes and compilable(graph, plan)
+        compiled = plain and self.compile and use_local and not self.trace_nodes and dense
         forward = init is None and self.ahead_of_time(epoch)
         loop = self._compiled(graph, plan, b, ahead=forward) if compiled else None
         done = loop.attempt(Run(graph, plan, Constants({}, {}, {}, fresh=True), [], local_grads, precision=table),
                             optimizer, batch, output_leaves(graph, batch, plan), steps, learn_now) \
             if isinstance(loop, AheadOfTime) else None
         if done is not None:  # the forward init and the loop in one compiled program
-            relaxed, trace, gp, predicted, energy_fixed = done
+            relaxed, energy, finite, gp, predicted = done
             states = {**batch, **relaxed}
         else:
             with torch.no_grad():
@@ -257,8 +259,9 @@ class Solver:
             else:  # fixed T and no host sync: one function, compiled when asked for
                 loop = loop if isinstance(loop, Captured) else fixed_loop
                 trace, gp = loop(run, optimizer, states, steps, learn_now)
-        energy = torch.stack(trace) + energy_fixed
-        if not bool(torch.isfinite(energy).all()):
+            energy = torch.stack(trace) + energy_fixed
+            finite = torch.isfinite(energy).all()
+        if not bool(finite):  # nothing has changed the parameters yet
             raise divergence(graph, states, energy, "inference", optimizer)
         if learn_now:
             gp = self._learning_gradient(graph, batch, plan, states, gp, epoch)
@@ -270,6 +273,19 @@ class Solver:
         nodes = {v: torch.stack([t[v] for t in node_trace]) for v in node_trace[0]} if done is None and node_trace \
             else None
         return Relaxation(states, energy, steps if plan.relaxed else 0, predicted, nodes), gp
+
+    def _plan(self, graph: CompiledGraph, batch: States, free: States) -> tuple[Plan, bool]:
+        """(the plan, whether its loop can be compiled) for this clamp set; both depend on the graph
+        and a whole-node clamp set alone, so they are worked out once for each."""
+        if free:
+            plan = Plan(graph, set(batch) - set(free), free)
+            return plan, compilable(graph, plan)
+        known = self._plans.setdefault(graph, {})
+        clamped = frozenset(batch)
+        if clamped not in known:
+            plan = Plan(graph, set(clamped))
+            known[clamped] = plan, compilable(graph, plan)
+        return known[clamped]
 
     def _learning_gradient(self, graph, batch, plan, states, gp: dict, epoch: int) -> dict:
         """The update's factor on dE/dtheta (nudging's 1 / beta), plus the encoders' gradients."""

@@ -177,3 +177,15 @@ def test_a_layer_frozen_between_steps_gets_the_eager_gradients(shared, monkeypat
     for k in want:  # the frozen weight's too (a weight optimizer leaves it alone)
         torch.testing.assert_close(got[k], want[k], rtol=1e-9, atol=1e-12, msg=k)
     assert got["edges.1.pipeline.0.weight"].any()
+
+
+def test_a_program_rebuilds_its_outputs_from_the_layout_read_at_load():
+    """Program calls the loader on a flat list and puts its outputs back in the traced layout
+    (frozen parameters' missing gradients stay None); a package without a loader is called as is."""
+    assert aot._place((0, (1, None, 2), [3]), ["e", "g0", "g2", "x"]) == ("e", ("g0", None, "g2"), ["x"])
+    calls = []
+
+    def package(*tensors):
+        calls.append(tensors)
+        return "out"
+    assert aot.Program(package)([1, 2]) == "out" and calls == [(1, 2)]

@@ -44,7 +44,7 @@ from torch.utils import _pytree as pytree
 
 import pcgraph
 from pcgraph.errors import PCGraphWarning
-from pcgraph.solver.loop import Run, fixed_energy, fixed_loop, refed
+from pcgraph.solver.loop import Run, fixed_energy, fixed_loop, refed, total_energy
 
 FORMAT = 2  # bump when the traced function's inputs or outputs change
 PAYS = 5000  # training updates from which a one-time compile is won back (about 3 ms each on the MLP)
@@ -136,8 +136,7 @@ class _Traced(nn.Module):
             predicted = [graph.terms[v].optimum(_prediction(run, v)) for v in outputs]
             fixed = fixed_energy(graph, plan, states)
             trace, gp = fixed_loop(run, optimizer, states, steps, learn)
-            energy = torch.stack(trace) + fixed
-            finite = torch.isfinite(energy).all()
+            energy, finite = total_energy(trace, fixed)
         gp = [gp.get(p) for p in run.params] if gp is not None else []
         return energy, finite, tuple(gp), tuple(states[v] for v in plan.relaxed), tuple(predicted)
 

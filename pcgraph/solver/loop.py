@@ -126,6 +126,13 @@ def fixed_energy(graph: CompiledGraph, plan: Plan, states: States) -> Tensor:
     return sum((graph.node_energy(states, v).sum() for v in plan.fixed_terms), zero_scalar(states))
 
 
+def total_energy(trace: list[Tensor], fixed: Tensor) -> tuple[Tensor, Tensor]:
+    """(E(t) for every step and after the last, the fixed terms' energy added: shape (T + 1,),
+    whether all of them are finite, a 0-d bool tensor)."""
+    energy = torch.stack(trace) + fixed
+    return energy, torch.isfinite(energy).all()
+
+
 def finish(run: Run, states: States, learn: bool, trace: list, terms=None, recompute=None):
     """Append the energy at the relaxed states to ``trace``; when ``learn``, the same pass gives
     the parameter gradients (over every energy term, the fixed ones included)."""

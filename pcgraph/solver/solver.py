@@ -46,6 +46,7 @@ from pcgraph.solver.loop import (
     graph_device,
     local_grads,
     param_step,
+    total_energy,
 )
 from pcgraph.solver.optim import StateAdam, StateSGD, state_optimizer
 from pcgraph.solver.plan import Constants, Plan
@@ -259,8 +260,7 @@ class Solver:
             else:  # fixed T and no host sync: one function, compiled when asked for
                 loop = loop if isinstance(loop, Captured) else fixed_loop
                 trace, gp = loop(run, optimizer, states, steps, learn_now)
-            energy = torch.stack(trace) + energy_fixed
-            finite = torch.isfinite(energy).all()
+            energy, finite = total_energy(trace, energy_fixed)
         if not bool(finite):  # nothing has changed the parameters yet
             raise divergence(graph, states, energy, "inference", optimizer)
         if learn_now:

@@ -12,7 +12,10 @@ Rows (ratios are within this one run; the machines are shared and drift by tens 
   compile included) and the steady state (median of the later epochs); pcx's own MNIST MLP setup
   and the notes' code through their harnesses in ``../shared/anchors`` (run in their own
   interpreters). ``matmul share``: the update's FLOPs (torch.utils.flop_counter) per second
-  against plain torch.matmul at the update's matrix shapes, on as many threads.
+  against plain torch.matmul at the update's matrix shapes, on as many threads. Then
+  ``--rounds`` paired rounds, for a ratio that drift cannot fake: the compiled program (cache
+  warm, ``--epochs`` epochs) right before pcx, plain matmul timed before each pair; the row gives
+  the median epoch, the median and every one of the pairs' ratios, and the median matmul share.
 - MNIST autoencoder (``specs/mnist_ae.yaml``, the notes' protocol: batch 250, ``--ae-epochs``
   epochs): training seconds per epoch and the test MSE after the last epoch, against the notes'
   code on the same epochs (its harness reports its best epoch's MSE).
@@ -81,6 +84,19 @@ def pcx_mlp(python: str, data: str, epochs: int) -> dict:
     out = anchor(python, "pcx_mlp_bench.py", {"DATA": f"{data}/mnist", "EPOCHS": str(epochs)})
     seconds = [float(s) for s in re.findall(r"^epoch \d+: train ([\d.]+) s", out, re.M)]
     return {"first_s": seconds[0], "epoch_s": statistics.median(seconds[1:] or seconds)}
+
+
+def paired_rounds(spec: str, a, cache: str, shapes: list, flops_per_epoch: float) -> list[dict]:
+    """``a.rounds`` times: plain matmul's GFLOP/s at ``shapes``, then ``--epochs`` epochs of the
+    compiled program (from ``cache``), then as many of pcx: each pair within a minute or two."""
+    pairs = []
+    for _ in range(a.rounds):
+        gflops = matmul_gflops(shapes)
+        ours = pcgraph_epochs(spec, a.epochs, a.data_root, "inference.compile=true", cache=cache)["epoch_s"]
+        theirs = pcx_mlp(a.pcx_python, a.data_root, a.epochs)["epoch_s"]
+        pairs.append({"matmul_gflops": gflops, "pcgraph_s": ours, "pcx_s": theirs,
+                      "matmul_share": flops_per_epoch / ours / 1e9 / gflops})
+    return pairs
 
 
 def notes_mlp(seed_repo: str, data: str) -> dict:
@@ -179,6 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--pcx-python", help="the interpreter of a virtual environment holding jax and pcx")
     p.add_argument("--seed-repo", help="a checkout of the notes' public code")
     p.add_argument("--epochs", type=int, default=4, help="epochs of the eager MLP run and of pcx (default 4)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="paired rounds of the compiled MLP and pcx after the MLP rows (default 3; 0: none)")
     p.add_argument("--ae-epochs", type=int, default=5, help="autoencoder epochs (default 5, the notes' protocol)")
     p.add_argument("--cnn-batches", type=int, default=20, help="timed CNN updates per method (default 20)")
     p.add_argument("--only", default="mlp,ae,cnn", help="which benchmarks (comma-separated)")
@@ -196,7 +214,6 @@ def main(argv: list[str] | None = None) -> dict:
         r["mlp"] = {"pcgraph (default), cold cache": pcgraph_epochs(S, None, a.data_root, cache=cache),
                     "pcgraph (default), warm cache": pcgraph_epochs(S, None, a.data_root, cache=cache),
                     "pcgraph, eager": pcgraph_epochs(S, a.epochs, a.data_root, "inference.compile=false")}
-        shutil.rmtree(cache, ignore_errors=True)
         if a.pcx_python:
             r["mlp"]["pcx"] = pcx_mlp(a.pcx_python, a.data_root, a.epochs)
         if a.seed_repo:
@@ -211,6 +228,14 @@ def main(argv: list[str] | None = None) -> dict:
             share = flops * updates / m["epoch_s"] / 1e9 / r["mlp_matmul_gflops"] if name.startswith("pcgraph") else None
             rows.append(("MNIST MLP", name, m["epoch_s"], m.get("first_s"), pcx and m["epoch_s"] / pcx, "x pcx",
                          f"matmul share {share:.0%}" if share else ""))
+        if a.pcx_python and a.rounds:
+            pairs = r["mlp_rounds"] = paired_rounds(S, a, cache, shapes, flops * updates)
+            ratios = [p["pcgraph_s"] / p["pcx_s"] for p in pairs]
+            rows.append(("MNIST MLP", f"{len(pairs)} paired rounds: compiled (cache warm), then pcx",
+                         statistics.median(p["pcgraph_s"] for p in pairs), None, statistics.median(ratios), "x pcx",
+                         f"pairs {', '.join(f'{x:.2f}' for x in ratios)}; matmul share "
+                         f"{statistics.median(p['matmul_share'] for p in pairs):.0%}"))
+        shutil.rmtree(cache, ignore_errors=True)
     if "ae" in only:
         ae = pcgraph_epochs("specs/mnist_ae.yaml", a.ae_epochs, a.data_root)
         notes = notes_ae(a.seed_repo, a.data_root, a.ae_epochs) if a.seed_repo else None

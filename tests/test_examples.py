@@ -115,3 +115,27 @@ def test_digit_halves_feed_two_inputs_and_two_targets(tmp_path):
     result = pcgraph.train(spec, epochs=1, data_root=str(tmp_path), progress=False, log=lambda line: None)
     assert set(result.history[0]["test_accuracy_by_target"]) == {"digit", "parity"}
     assert result.test_accuracy > 0.7
+
+
+def test_bench_speed_pairs_each_round_and_reports_its_ratios(monkeypatch, capsys):
+    """The MLP rows' arithmetic, on stand-ins for the timed runs (which need data and pcx): each
+    paired round's ratio is its own pcgraph epoch over its own pcx epoch, its matmul share the
+    update's FLOPs per epoch over that epoch's seconds and that round's matmul rate."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    bench = load("bench_speed")
+    ours = iter([{"first_s": 9.0, "epoch_s": 1.0}, {"first_s": 1.2, "epoch_s": 1.1}, {"first_s": 3.0, "epoch_s": 2.5},
+                 {"epoch_s": 1.5}, {"epoch_s": 1.2}])  # cold, warm, eager, then the two rounds
+    theirs = iter([{"first_s": 3.0, "epoch_s": 2.0}, {"first_s": 3.0, "epoch_s": 2.5}, {"first_s": 3.0, "epoch_s": 3.0}])
+    rates = iter([100.0, 200.0, 50.0])  # the main rows' matmul rate, then one per round
+    monkeypatch.setattr(bench, "pcgraph_epochs", lambda *a, **k: next(ours))
+    monkeypatch.setattr(bench, "pcx_mlp", lambda *a, **k: next(theirs))
+    monkeypatch.setattr(bench, "matmul_gflops", lambda shapes: next(rates))
+    monkeypatch.setattr(bench, "flops_per_update", lambda spec, method: 1e8)
+    r = bench.main(["--only", "mlp", "--pcx-python", "python", "--rounds", "2"])
+    per_epoch = 1e8 * 469  # 60,000 / 128 updates
+    assert [p["pcgraph_s"] / p["pcx_s"] for p in r["mlp_rounds"]] == [1.5 / 2.5, 1.2 / 3.0]
+    assert r["mlp_rounds"][0]["matmul_share"] == per_epoch / 1.5 / 1e9 / 200.0
+    assert r["mlp_rounds"][1]["matmul_share"] == per_epoch / 1.2 / 1e9 / 50.0
+    out = capsys.readouterr().out
+    assert "| MNIST MLP | pcgraph (default), warm cache | 1.100 | 1.20 | 0.55 | x pcx |" in out
+    assert "2 paired rounds: compiled (cache warm), then pcx | 1.350 | - | 0.50 | x pcx | pairs 0.60, 0.40;" in out

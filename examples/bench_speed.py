@@ -13,9 +13,10 @@ Rows (ratios are within this one run; the machines are shared and drift by tens 
   and the notes' code through their harnesses in ``../shared/anchors`` (run in their own
   interpreters). ``matmul share``: the update's FLOPs (torch.utils.flop_counter) per second
   against plain torch.matmul at the update's matrix shapes, on as many threads. Then
-  ``--rounds`` paired rounds, for a ratio that drift cannot fake: the compiled program (cache
-  warm, ``--epochs`` epochs) right before pcx, plain matmul timed before each pair; the row gives
-  the median epoch, the median and every one of the pairs' ratios, and the median matmul share.
+  ``--rounds`` paired rounds, so that the machine's drift shows in the spread of the ratios: the
+  compiled program (cache warm, ``--epochs`` epochs) right before pcx, plain matmul timed before
+  each pair; the row gives the median epoch, the median and every one of the pairs' ratios, and
+  the median matmul share.
 - MNIST autoencoder (``specs/mnist_ae.yaml``, the notes' protocol: batch 250, ``--ae-epochs``
   epochs): training seconds per epoch and the test MSE after the last epoch, against the notes'
   code on the same epochs (its harness reports its best epoch's MSE).

@@ -87,6 +87,11 @@ def pcx_mlp(python: str, data: str, epochs: int) -> dict:
     return {"first_s": seconds[0], "epoch_s": statistics.median(seconds[1:] or seconds)}
 
 
+def matmul_share(flops_per_epoch: float, epoch_s: float, gflops: float) -> float:
+    """The update's FLOPs per second over plain matmul's rate at its shapes."""
+    return flops_per_epoch / epoch_s / 1e9 / gflops
+
+
 def paired_rounds(spec: str, a, cache: str, shapes: list, flops_per_epoch: float) -> list[dict]:
     """``a.rounds`` times: plain matmul's GFLOP/s at ``shapes``, then ``--epochs`` epochs of the
     compiled program (from ``cache``), then as many of pcx: each pair within a minute or two."""
@@ -96,7 +101,7 @@ def paired_rounds(spec: str, a, cache: str, shapes: list, flops_per_epoch: float
         ours = pcgraph_epochs(spec, a.epochs, a.data_root, "inference.compile=true", cache=cache)["epoch_s"]
         theirs = pcx_mlp(a.pcx_python, a.data_root, a.epochs)["epoch_s"]
         pairs.append({"matmul_gflops": gflops, "pcgraph_s": ours, "pcx_s": theirs,
-                      "matmul_share": flops_per_epoch / ours / 1e9 / gflops})
+                      "matmul_share": matmul_share(flops_per_epoch, ours, gflops)})
     return pairs
 
 
@@ -226,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
         flops, updates = flops_per_update(spec, "pc"), -(-60_000 // bsz)
         pcx = r["mlp"].get("pcx", {}).get("epoch_s")
         for name, m in r["mlp"].items():
-            share = flops * updates / m["epoch_s"] / 1e9 / r["mlp_matmul_gflops"] if name.startswith("pcgraph") else None
+            share = matmul_share(flops * updates, m["epoch_s"], r["mlp_matmul_gflops"]) if name.startswith("pcgraph") else None
             rows.append(("MNIST MLP", name, m["epoch_s"], m.get("first_s"), pcx and m["epoch_s"] / pcx, "x pcx",
                          f"matmul share {share:.0%}" if share else ""))
         if a.pcx_python and a.rounds:

@@ -12,11 +12,14 @@ Rows (ratios are within this one run; the machines are shared and drift by tens 
   compile included) and the steady state (median of the later epochs); pcx's own MNIST MLP setup
   and the notes' code through their harnesses in ``../shared/anchors`` (run in their own
   interpreters). ``matmul share``: the update's FLOPs (torch.utils.flop_counter) per second
-  against plain torch.matmul at the update's matrix shapes, on as many threads. Then
-  ``--rounds`` paired rounds, so that the machine's drift shows in the spread of the ratios: the
-  compiled program (cache warm, ``--epochs`` epochs) right before pcx, plain matmul timed before
-  each pair; the row gives the median epoch, the median and every one of the pairs' ratios, and
-  the median matmul share.
+  against plain torch running the update's own matrix products (its 50 matmuls, recorded on one
+  eager update and replayed back to back with the same shapes and strides), on as many threads.
+  Then one compiled update on one batch, in this process: its matrix products alone, its
+  relaxation and gradient (the compiled program and its call), and the whole update (plus Adam).
+  Then ``--rounds`` paired rounds, so that the machine's drift shows in the spread of the ratios:
+  the compiled program (cache warm, ``--epochs`` epochs) right before pcx, the products' rate
+  timed before each pair; the row gives the median epoch, the median and every one of the pairs'
+  ratios, and the median matmul share.
 - MNIST autoencoder (``specs/mnist_ae.yaml``, the notes' protocol: batch 250, ``--ae-epochs``
   epochs): training seconds per epoch and the test MSE after the last epoch, against the notes'
   code on the same epochs (its harness reports its best epoch's MSE).
@@ -43,14 +46,17 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from bench_mlp import matmul_gflops  # examples/ is on the path when run as a script
+from bench_mlp import (  # examples/ is on the path when run as a script
+    products_gflops,
+    products_time,
+    update_products,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import pcgraph
 from pcgraph.solver import Solver
-from pcgraph.tasks.bench import flops_per_update
+from pcgraph.tasks.bench import eager_update, flops_per_update, random_batch
 from pcgraph.tasks.objective import Backprop
 from pcgraph.tasks.setup import weight_optimizer
 
@@ -88,21 +94,54 @@ def pcx_mlp(python: str, data: str, epochs: int) -> dict:
 
 
 def matmul_share(flops_per_epoch: float, epoch_s: float, gflops: float) -> float:
-    """The update's FLOPs per second over plain matmul's rate at its shapes."""
+    """The update's FLOPs per second over plain torch's rate on its own matrix products."""
     return flops_per_epoch / epoch_s / 1e9 / gflops
 
 
-def paired_rounds(spec: str, a, cache: str, shapes: list, flops_per_epoch: float) -> list[dict]:
-    """``a.rounds`` times: plain matmul's GFLOP/s at ``shapes``, then ``--epochs`` epochs of the
-    compiled program (from ``cache``), then as many of pcx: each pair within a minute or two."""
+def paired_rounds(spec: str, a, cache: str, products: list, flops_per_epoch: float) -> list[dict]:
+    """``a.rounds`` times: plain torch's GFLOP/s on the update's matrix ``products``, then
+    ``--epochs`` epochs of the compiled program (from ``cache``), then as many of pcx: each pair
+    within a minute or two."""
     pairs = []
     for _ in range(a.rounds):
-        gflops = matmul_gflops(shapes)
+        gflops = products_gflops(products)
         ours = pcgraph_epochs(spec, a.epochs, a.data_root, "inference.compile=true", cache=cache)["epoch_s"]
         theirs = pcx_mlp(a.pcx_python, a.data_root, a.epochs)["epoch_s"]
         pairs.append({"matmul_gflops": gflops, "pcgraph_s": ours, "pcx_s": theirs,
                       "matmul_share": matmul_share(flops_per_epoch, ours, gflops)})
     return pairs
+
+
+def update_parts(spec, cache: str, products: list, rounds: int = 5, n: int = 100) -> dict:
+    """Where one compiled update's time goes, in this process, on one random batch (the program
+    from ``cache``): milliseconds of the update's matrix products run alone by plain torch, of the
+    relaxation and gradient (``Solver.gradients``: the compiled program and its call), and of the
+    whole update (``Solver.step``: plus the weight optimizer's step); medians over ``rounds``
+    interleaved rounds of ``n`` calls each."""
+    previous = os.environ.get("PCGRAPH_CACHE_DIR")
+    os.environ["PCGRAPH_CACHE_DIR"] = cache
+    try:
+        torch.manual_seed(0)
+        graph = pcgraph.compile(spec)
+        batch, solver = random_batch(spec, graph), Solver.from_spec(spec, compile=True)
+        opt = weight_optimizer(spec.learning.optimizer, graph.parameters())
+        parts = {"gradient_ms": lambda: solver.gradients(graph, batch), "update_ms": lambda: solver.step(graph, batch, opt)}
+        times: dict = {"products_ms": [], **{k: [] for k in parts}}
+        for f in parts.values():
+            f()  # loads the program
+        for _ in range(rounds):
+            times["products_ms"].append(products_time(products, repeat=n // 10)[1] * 1e3)
+            for k, f in parts.items():
+                start = time.perf_counter()
+                for _ in range(n):
+                    f()
+                times[k].append((time.perf_counter() - start) / n * 1e3)
+    finally:
+        if previous is None:
+            os.environ.pop("PCGRAPH_CACHE_DIR")
+        else:
+            os.environ["PCGRAPH_CACHE_DIR"] = previous
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def notes_mlp(seed_repo: str, data: str) -> dict:
@@ -148,10 +187,7 @@ def cnn_updates(spec_path: str, batches: int, batch_size: int | None = None) -> 
         spec = spec.model_copy(update={"data": spec.data.model_copy(update={"batch_size": batch_size})})
     torch.manual_seed(0)
     graph = pcgraph.compile(spec)
-    b, d = spec.data.batch_size, spec.data
-    x = torch.randn(b, *graph.nodes[d.input].shape)
-    y = F.one_hot(torch.randint(0, graph.nodes[d.target].shape[0], (b,)), graph.nodes[d.target].shape[0]).float()
-    batch = {d.input: x, d.target: y}
+    b, batch = spec.data.batch_size, random_batch(spec, graph)
     solver, opt = Solver.from_spec(spec), weight_optimizer(spec.learning.optimizer, graph.parameters())
     model = Backprop(spec, graph)
     bp_opt = weight_optimizer(spec.bp.optimizer or spec.learning.optimizer, model.trained_parameters())
@@ -224,18 +260,22 @@ def main(argv: list[str] | None = None) -> dict:
             r["mlp"]["pcx"] = pcx_mlp(a.pcx_python, a.data_root, a.epochs)
         if a.seed_repo:
             r["mlp"]["notes' code"] = notes_mlp(a.seed_repo, a.data_root)
-        graph, bsz = pcgraph.compile(spec), spec.data.batch_size
-        shapes = [(bsz, m.in_features, m.out_features) for e in graph.edges for m in e.pipeline
-                  if isinstance(m, torch.nn.Linear)]
-        r["mlp_matmul_gflops"] = matmul_gflops(shapes)
-        flops, updates = flops_per_update(spec, "pc"), -(-60_000 // bsz)
+        products = update_products(eager_update(spec, "pc"))  # the update's own matrix products
+        r["mlp_matmul_gflops"] = products_gflops(products)
+        flops, updates = flops_per_update(spec, "pc"), -(-60_000 // spec.data.batch_size)
         pcx = r["mlp"].get("pcx", {}).get("epoch_s")
         for name, m in r["mlp"].items():
             share = matmul_share(flops * updates, m["epoch_s"], r["mlp_matmul_gflops"]) if name.startswith("pcgraph") else None
             rows.append(("MNIST MLP", name, m["epoch_s"], m.get("first_s"), pcx and m["epoch_s"] / pcx, "x pcx",
                          f"matmul share {share:.0%}" if share else ""))
+        parts = r["mlp_update"] = update_parts(spec, cache, products)
+        rows.append(("MNIST MLP", "one compiled update, one batch", parts["update_ms"] / 1e3, None, None, "",
+                     f"its matrix products alone {parts['products_ms']:.2f} ms; relaxation and gradient "
+                     f"{parts['gradient_ms']:.2f} ms (matmul share {parts['products_ms'] / parts['gradient_ms']:.0%}); "
+                     f"with the weight step {parts['update_ms']:.2f} ms "
+                     f"({parts['products_ms'] / parts['update_ms']:.0%})"))
         if a.pcx_python and a.rounds:
-            pairs = r["mlp_rounds"] = paired_rounds(S, a, cache, shapes, flops * updates)
+            pairs = r["mlp_rounds"] = paired_rounds(S, a, cache, products, flops * updates)
             ratios = [p["pcgraph_s"] / p["pcx_s"] for p in pairs]
             rows.append(("MNIST MLP", f"{len(pairs)} paired rounds: compiled (cache warm), then pcx",
                          statistics.median(p["pcgraph_s"] for p in pairs), None, statistics.median(ratios), "x pcx",

@@ -3,7 +3,11 @@
 import importlib.util
 from pathlib import Path
 
+import pcgraph
+from pcgraph.tasks.bench import eager_update, flops_per_update
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SPECS = EXAMPLES.parent / "specs"
 
 
 def load(name):
@@ -15,10 +19,6 @@ def load(name):
 
 def test_quickstart_learns():
     assert load("quickstart").main(epochs=3) > 0.8
-
-
-def test_bench_mlp_times_matmul():
-    assert load("bench_mlp").matmul_gflops([(8, 8, 8)], repeat=2) > 0
 
 
 def test_bp_toy_pc_directions_approach_backprop_as_variance_grows(tmp_path):
@@ -120,7 +120,8 @@ def test_digit_halves_feed_two_inputs_and_two_targets(tmp_path):
 def test_bench_speed_pairs_each_round_and_reports_its_ratios(monkeypatch, capsys):
     """The MLP rows' arithmetic, on stand-ins for the timed runs (which need data and pcx): each
     paired round's ratio is its own pcgraph epoch over its own pcx epoch, its matmul share the
-    update's FLOPs per epoch over that epoch's seconds and that round's matmul rate."""
+    update's FLOPs per epoch over that epoch's seconds and that round's matmul rate; the one-update
+    row's shares are the products' time over the relaxation's and over the whole update's."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
     bench = load("bench_speed")
     ours = iter([{"first_s": 9.0, "epoch_s": 1.0}, {"first_s": 1.2, "epoch_s": 1.1}, {"first_s": 3.0, "epoch_s": 2.5},
@@ -129,8 +130,9 @@ def test_bench_speed_pairs_each_round_and_reports_its_ratios(monkeypatch, capsys
     rates = iter([100.0, 200.0, 50.0])  # the main rows' matmul rate, then one per round
     monkeypatch.setattr(bench, "pcgraph_epochs", lambda *a, **k: next(ours))
     monkeypatch.setattr(bench, "pcx_mlp", lambda *a, **k: next(theirs))
-    monkeypatch.setattr(bench, "matmul_gflops", lambda shapes: next(rates))
+    monkeypatch.setattr(bench, "products_gflops", lambda products: next(rates))
     monkeypatch.setattr(bench, "flops_per_update", lambda spec, method: 1e8)
+    monkeypatch.setattr(bench, "update_parts", lambda *a: {"products_ms": 1.0, "gradient_ms": 1.25, "update_ms": 2.0})
     r = bench.main(["--only", "mlp", "--pcx-python", "python", "--rounds", "2"])
     per_epoch = 1e8 * 469  # 60,000 / 128 updates
     assert [p["pcgraph_s"] / p["pcx_s"] for p in r["mlp_rounds"]] == [1.5 / 2.5, 1.2 / 3.0]
@@ -139,3 +141,17 @@ def test_bench_speed_pairs_each_round_and_reports_its_ratios(monkeypatch, capsys
     out = capsys.readouterr().out
     assert "| MNIST MLP | pcgraph (default), warm cache | 1.100 | 1.20 | 0.55 | x pcx |" in out
     assert "2 paired rounds: compiled (cache warm), then pcx | 1.350 | - | 0.50 | x pcx | pairs 0.60, 0.40;" in out
+    assert "relaxation and gradient 1.25 ms (matmul share 80%); with the weight step 2.00 ms (50%)" in out
+
+
+def test_bench_speed_replays_the_updates_own_products():
+    """The reference of the matmul share is the update's own products: the MLP's PC update runs 50
+    (4 init, 1 + 3 + 5 in the first three steps, 6 in each later step, 3 final forwards, 4 weight
+    gradients) whose FLOPs are the update's (it runs no other counted op), and one replayed pass
+    of them is timed."""
+    bench = load("bench_mlp")
+    spec = pcgraph.load_spec(SPECS / "mnist_mlp.yaml")
+    products = bench.update_products(eager_update(spec, "pc"))
+    assert len(products) == 50
+    flops, seconds = bench.products_time(products, repeat=1)
+    assert flops == flops_per_update(spec, "pc") and seconds > 0

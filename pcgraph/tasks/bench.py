@@ -64,22 +64,34 @@ class BenchRow:
         return {**asdict(self), "mean": self.mean, "std": self.std}
 
 
-def flops_per_update(spec: GraphSpec, method: str) -> int:
-    """FLOPs of one parameter update on a random batch of the spec's batch size (eager)."""
-    torch.manual_seed(0)
-    graph = compile(spec)
-    b = spec.data.batch_size
-    task = Objective(spec, graph)
+def random_batch(spec: GraphSpec, graph) -> dict:
+    """A training batch of the spec's batch size for ``graph``: random inputs, random labels one-hot."""
+    b, task = spec.data.batch_size, Objective(spec, graph)
     data = {text: torch.rand(b, *task.shape(graph, ref)) for text, ref in task.inputs}
     data |= {text: torch.randint(0, math.prod(task.shape(graph, ref)), (b,)) for text, ref in task.targets}
-    batch = task.batch(data)  # random images, random labels one-hot
+    return task.batch(data)
+
+
+def eager_update(spec: GraphSpec, method: str) -> Callable[[], object]:
+    """One parameter update by ``method`` (``pc``: eager, its T inference steps included; ``bp``:
+    the backprop baseline) on a :func:`random_batch`, as a function to call; each call is one more
+    update."""
+    torch.manual_seed(0)
+    graph = compile(spec)
+    batch = random_batch(spec, graph)
+    if method == "pc":
+        opt, solver = weight_optimizer(spec.learning.optimizer, graph.parameters()), Solver.from_spec(spec, compile=False)
+        return lambda: solver.step(graph, batch, opt)
+    model = Backprop(spec, graph)
+    opt = weight_optimizer(spec.bp.optimizer or spec.learning.optimizer, model.trained_parameters())
+    return lambda: model.step(batch, opt)
+
+
+def flops_per_update(spec: GraphSpec, method: str) -> int:
+    """FLOPs of one parameter update (:func:`eager_update`), counted by torch.utils.flop_counter."""
+    update = eager_update(spec, method)
     with FlopCounterMode(display=False) as counter:
-        if method == "pc":
-            opt = weight_optimizer(spec.learning.optimizer, graph.parameters())
-            Solver.from_spec(spec, compile=False).step(graph, batch, opt)
-        else:
-            model = Backprop(spec, graph)
-            model.step(batch, weight_optimizer(spec.bp.optimizer or spec.learning.optimizer, model.trained_parameters()))
+        update()
     return counter.get_total_flops()
 
 

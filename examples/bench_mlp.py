@@ -7,7 +7,8 @@ the median of the rest), best and final test accuracy; FLOPs per parameter updat
 torch.utils.flop_counter on one update, inference steps included for PC); the achieved GFLOP/s
 of each run's updates, and its matmul share: that rate over plain torch's on the update's own
 matrix products (recorded on one eager update of the method, replayed back to back on new
-operands of the same shapes and strides). Ends with one JSON line. Run it on an otherwise idle machine: the figures are wall-clock times.
+operands of the same shapes and strides). Ends with one JSON line. Run it on an otherwise idle
+machine: the figures are wall-clock times.
 """
 
 from __future__ import annotations
@@ -104,13 +105,14 @@ def main() -> None:
           f"{'matmul':>7} {'/BP time':>8}")
     for name, r in runs.items():
         r["gflops"] = r["flops_per_update"] * updates / r["epoch_s"] / 1e9
-        r["matmul_share"] = r["gflops"] / rates[name[:2]]
+        r["matmul_share"] = r["gflops"] / rates[name.split("-")[0]]  # pc-compiled: pc's products
         r["time_ratio_vs_bp"] = r["epoch_s"] / bp["epoch_s"]
         print(f"{name:<12} {r['epoch_s']:8.2f} {r['first_epoch_s']:9.2f} {100 * r['best_test_accuracy']:8.2f}% "
               f"{r['flops_per_update'] / 1e6:13.1f} {r['gflops']:8.1f} {r['matmul_share']:7.0%} {r['time_ratio_vs_bp']:8.2f}")
     print(f"plain torch at each update's own matrix products: PC {rates['pc']:.1f} GFLOP/s, BP {rates['bp']:.1f} GFLOP/s "
           "(matmul: the run's GFLOP/s over its method's)")
     print(json.dumps({"spec": args.spec, "epochs": args.epochs, "runs": runs, "matmul_gflops": rates}))
+
 
 if __name__ == "__main__":
     main()

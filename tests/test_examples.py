@@ -144,7 +144,7 @@ def test_bench_speed_pairs_each_round_and_reports_its_ratios(monkeypatch, capsys
     assert "relaxation and gradient 1.25 ms (matmul share 80%); with the weight step 2.00 ms (50%)" in out
 
 
-def test_bench_speed_replays_the_updates_own_products():
+def test_bench_mlp_replays_the_updates_own_products():
     """The reference of the matmul share is the update's own products: the MLP's PC update runs 50
     (4 init, 1 + 3 + 5 in the first three steps, 6 in each later step, 3 final forwards, 4 weight
     gradients) whose FLOPs are the update's (it runs no other counted op), and one replayed pass

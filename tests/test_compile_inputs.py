@@ -114,6 +114,28 @@ def test_a_float64_graph_takes_float64_batches():
         relax(graph, batch())
 
 
+def test_the_checks_follow_a_graph_converted_after_its_first_batch():
+    """A batch is checked against the graph as it is now: converting the graph after a batch, or
+    loading tensors of another dtype into it with assign=True, changes what the next batch must be."""
+    _, graph = classifier()
+    relax(graph, batch())
+    graph.double()
+    with pytest.raises(TypeError, match="computes in torch.float64"):
+        relax(graph, batch())
+    assert relax(graph, batch(dtype=torch.float64)).states["h"].dtype == torch.float64
+    graph.load_state_dict({k: v.float() for k, v in graph.state_dict().items()}, assign=True)
+    with pytest.raises(TypeError, match="computes in torch.float32"):
+        relax(graph, batch(dtype=torch.float64))
+
+
+def test_a_graph_without_parameters_takes_the_batch_dtype():
+    g = pcgraph.Graph("t")
+    g.edge(g.node("x", 3, observed=True), g.node("y", 3), "tanh")
+    graph = pcgraph.compile(g.spec())
+    x = torch.rand(4, 3, dtype=torch.float64)
+    assert relax(graph, {"x": x}).states["y"].dtype == torch.float64
+
+
 @pytest.mark.parametrize("run", [relax, lambda graph, values: graph(values)])
 def test_uint8_pixels_are_refused(run):
     _, graph = classifier()

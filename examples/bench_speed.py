@@ -44,6 +44,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 import torch
 from bench_mlp import (  # examples/ is on the path when run as a script
@@ -118,9 +119,7 @@ def update_parts(spec, cache: str, products: list, rounds: int = 5, n: int = 100
     relaxation and gradient (``Solver.gradients``: the compiled program and its call), and of the
     whole update (``Solver.step``: plus the weight optimizer's step); medians over ``rounds``
     interleaved rounds of ``n`` calls each."""
-    previous = os.environ.get("PCGRAPH_CACHE_DIR")
-    os.environ["PCGRAPH_CACHE_DIR"] = cache
-    try:
+    with mock.patch.dict(os.environ, {"PCGRAPH_CACHE_DIR": cache}):
         torch.manual_seed(0)
         graph = pcgraph.compile(spec)
         batch, solver = random_batch(spec, graph), Solver.from_spec(spec, compile=True)
@@ -136,11 +135,6 @@ def update_parts(spec, cache: str, products: list, rounds: int = 5, n: int = 100
                 for _ in range(n):
                     f()
                 times[k].append((time.perf_counter() - start) / n * 1e3)
-    finally:
-        if previous is None:
-            os.environ.pop("PCGRAPH_CACHE_DIR")
-        else:
-            os.environ["PCGRAPH_CACHE_DIR"] = previous
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -93,7 +93,6 @@ def test_shipped_deep_specs_are_what_the_generator_writes(tmp_path):
     bench.write_specs(tmp_path)
     shipped = sorted((EXAMPLES.parent / "specs" / "deep").glob("*.yaml"))
     assert [p.name for p in shipped] == sorted(p.name for p in tmp_path.glob("*.yaml")) and len(shipped) == 8
-    import pcgraph
 
     for path in shipped:
         assert path.read_text() == (tmp_path / path.name).read_text()
@@ -108,7 +107,6 @@ def test_torch_dataloader_trains_from_a_plain_dataloader():
 
 
 def test_digit_halves_feed_two_inputs_and_two_targets(tmp_path):
-    import pcgraph
 
     load("digit_halves").write(tmp_path)
     spec = pcgraph.load_spec(EXAMPLES / "digit_halves.yaml")

@@ -24,10 +24,13 @@ Rows (ratios are within this one run; the machines are shared and drift by tens 
   epochs): training seconds per epoch and the test MSE after the last epoch, against the notes'
   code on the same epochs (its harness reports its best epoch's MSE).
 - CIFAR-10 CNN (``specs/cifar10_cnn.yaml``, T = 8, batch 128): seconds per update of PC and BP on
-  ``--cnn-batches`` random batches (an update's cost does not depend on the pixel values), and the
+  ``--cnn-batches`` random batches (an update's cost does not depend on the pixel values), PC and
+  BP updates alternating (the ratio is the median of the pairs' ratios, with their range), and the
   GFLOP/s of the convolutions inside each update (their FLOPs over the wall time spent in
   aten's convolution kernels) against torch's own F.conv2d forward at the same shapes.
-Ends with one JSON line holding every figure.
+Freed host memory is kept in the process (:func:`pcgraph.keep_freed_memory`, as the ``pcgraph``
+command does; ``PCGRAPH_KEEP_FREED_MEMORY=0`` opts out), and in the anchors' processes, which
+inherit its setting. Ends with one JSON line holding every figure.
 """
 
 from __future__ import annotations
@@ -186,17 +189,21 @@ def cnn_updates(spec_path: str, batches: int, batch_size: int | None = None) -> 
     model = Backprop(spec, graph)
     bp_opt = weight_optimizer(spec.bp.optimizer or spec.learning.optimizer, model.trained_parameters())
     updates = {"pc": lambda: solver.step(graph, batch, opt), "bp": lambda: model.step(batch, bp_opt)}
-    row, convs = {}, []
-    for name, update in updates.items():
+    row, convs, seconds = {}, [], {name: [] for name in updates}
+    for update in updates.values():
         update()  # warm-up
-        start = time.perf_counter()
-        for _ in range(batches):
+    for _ in range(batches):  # alternating, so that the machine's drift reaches both alike
+        for name, update in updates.items():
+            start = time.perf_counter()
             update()
-        row[f"{name}_s_per_update"] = (time.perf_counter() - start) / batches
+            seconds[name].append(time.perf_counter() - start)
+    for name, update in updates.items():
+        row[f"{name}_s_per_update"] = statistics.fmean(seconds[name])
         with ConvTimer() as timer:
             update()
         row[f"{name}_conv_gflops"] = conv_flops(update) / timer.seconds / 1e9
-    row["pc/bp"] = row["pc_s_per_update"] / row["bp_s_per_update"]
+    pairs = [pc / bp for pc, bp in zip(seconds["pc"], seconds["bp"])]
+    row["pc/bp"], row["pc/bp_range"] = statistics.median(pairs), [min(pairs), max(pairs)]
     for e in graph.edges:  # torch's own forward convolution at each of the graph's conv shapes
         for m in e.pipeline:
             if isinstance(m, torch.nn.Conv2d):
@@ -239,7 +246,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--smoke", action="store_true", help="tiny sizes, no data, no anchors: checks that it runs")
     a = p.parse_args(argv)
     only = set(a.only.split(","))
-    r: dict = {"machine": f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"}
+    # as the pcgraph command does (its runs here would anyway); the anchors' processes inherit it
+    kept = os.environ.get("PCGRAPH_KEEP_FREED_MEMORY") != "0" and pcgraph.keep_freed_memory()
+    r: dict = {"machine": f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
+                          f"{', freed memory kept' if kept else ''}"}
     rows = []
     if a.smoke:
         only, a.cnn_batches = {"cnn"}, 1
@@ -287,7 +297,9 @@ def main(argv: list[str] | None = None) -> dict:
         c = cnn_updates("specs/cifar10_cnn.yaml", a.cnn_batches, batch_size=4 if a.smoke else None)
         r["cnn"] = c
         rows.append(("CIFAR-10 CNN", "PC update", c["pc_s_per_update"], None, c["pc/bp"], "x BP",
-                     f"conv {c['pc_conv_gflops']:.0f} GFLOP/s (torch F.conv2d {c['torch_conv_gflops']:.0f})"))
+                     f"conv {c['pc_conv_gflops']:.0f} GFLOP/s (torch F.conv2d {c['torch_conv_gflops']:.0f}); "
+                     f"ratio: median of {a.cnn_batches} PC/BP pairs, {c['pc/bp_range'][0]:.2f}-"
+                     f"{c['pc/bp_range'][1]:.2f}"))
         rows.append(("CIFAR-10 CNN", "BP update", c["bp_s_per_update"], None, 1.0, "x BP",
                      f"conv {c['bp_conv_gflops']:.0f} GFLOP/s"))
     print(f"machine: {r['machine']}")

@@ -32,6 +32,7 @@ _EXPORTS = {
     "pcgraph.spec": ["GraphSpec", "json_schema", "load_spec", "spec_from_dict", "spec_from_yaml"],
     "pcgraph.tasks": ["BPCheck", "TrainResult", "bp_gradients", "evaluate", "train", "verify_bp"],
     "pcgraph.tasks.checkpoint": ["load"],
+    "pcgraph.tasks.memory": ["keep_freed_memory"],
     "pcgraph.tasks.sequence": ["SequenceResult", "run_sequence"],
     "pcgraph.topology": ["register_topology"],
     "pcgraph.updates": ["WeightUpdate", "register_update"],
@@ -64,7 +65,7 @@ __all__ = [
     "WeightUpdate", "register_update", "Schedule", "register_schedule", "register_topology",
     # tasks
     "train", "TrainResult", "evaluate", "verify_bp", "BPCheck", "bp_gradients", "run_sequence", "SequenceResult",
-    "load", "Dataset", "load_dataset", "NodeBatches", "to_nodes",
+    "load", "Dataset", "load_dataset", "NodeBatches", "to_nodes", "keep_freed_memory",
     # errors
     "PCGraphError", "SpecError", "DataError", "DivergenceError", "UsageError", "PCGraphWarning",
 ]

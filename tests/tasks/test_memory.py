@@ -1,0 +1,58 @@
+"""Freed host memory kept in the process: counted in page faults, in fresh interpreters."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import pcgraph.tasks.memory as memory
+from pcgraph.cli import main
+from tests.test_cli import DIGITS
+
+# 20 allocations of a 64 MiB tensor (16384 pages, above any mmap threshold glibc adapts to), each
+# written through, after 16 to warm up (the heap takes a few to settle); prints the page faults
+# the 20 took. With "keep" the script
+# keeps freed memory first; with "child" it runs the same loop again in a process it starts.
+FAULTS = """
+import resource, subprocess, sys, torch
+import pcgraph
+if "keep" in sys.argv:
+    print(int(pcgraph.keep_freed_memory()))
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(16):
+    torch.empty(2**24).fill_(1.0)
+before = faults()
+for _ in range(20):
+    torch.empty(2**24).fill_(1.0)
+print(faults() - before)
+if "child" in sys.argv:
+    print(subprocess.run([sys.executable, "-c", sys.argv[1]], capture_output=True, text=True).stdout.split()[-1])
+"""
+PAGES = 2**26 // 4096
+
+
+def faults(*flags: str) -> list[int]:
+    out = subprocess.run([sys.executable, "-c", FAULTS, FAULTS, *flags], capture_output=True, text=True, check=True)
+    return [int(n) for n in out.stdout.split()]
+
+
+def test_freed_blocks_are_reused_without_page_faults():
+    (plain,) = faults()
+    kept = faults("keep", "child")
+    if not kept[0]:
+        pytest.skip("the C library is not glibc: nothing to keep")
+    assert plain >= 10 * PAGES  # glibc maps and unmaps each block: every page is faulted in again
+    assert kept[1] < PAGES  # under one block's pages in 20 allocations: the blocks are reused
+    assert kept[2] < PAGES  # a process started from it keeps freed memory too (the environment)
+
+
+def test_the_cli_keeps_freed_memory_unless_told_not_to(monkeypatch):
+    calls = []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(1) or True)
+    assert main(["validate", DIGITS]) == 0
+    monkeypatch.setenv("PCGRAPH_KEEP_FREED_MEMORY", "0")
+    assert main(["validate", DIGITS]) == 0
+    assert calls == [1]

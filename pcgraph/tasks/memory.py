@@ -6,9 +6,9 @@ top of its heap back to the kernel once more than the trim threshold (twice the 
 is free there. Every page of such a block is then faulted in and zeroed again at its next
 allocation. A PC update allocates and frees the same large maps at each inference step: on the
 CIFAR-10 CNN (``specs/cifar10_cnn.yaml``, batch 128) that was 75-160 thousand page faults and
-0.24-0.76 s of system time per update, and the update ran 6-18% faster without them (BP's 2-12%;
-``docs/benchmarks.md``). Raising both thresholds to their limit keeps the freed blocks for reuse:
-the process's resident memory stays at its peak instead of shrinking after it.
+0.24-0.76 s of system time per update on a 2-core machine, and without them the update took 18%
+less time (BP's 20%; ``docs/benchmarks.md``). Raising both thresholds to their limit keeps the
+freed blocks for reuse: the process's resident memory stays at its peak instead of shrinking.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -35,7 +36,10 @@ PAGES = 2**26 // 4096
 
 
 def faults(*flags: str) -> list[int]:
-    out = subprocess.run([sys.executable, "-c", FAULTS, FAULTS, *flags], capture_output=True, text=True, check=True)
+    # without the variables that this process has if a command ran in it before (tests/test_cli.py)
+    env = {k: v for k, v in os.environ.items() if k not in memory.ENVIRONMENT}
+    out = subprocess.run([sys.executable, "-c", FAULTS, FAULTS, *flags], capture_output=True, text=True,
+                         check=True, env=env)
     return [int(n) for n in out.stdout.split()]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 
@@ -12,10 +13,10 @@ import pcgraph.tasks.memory as memory
 from pcgraph.cli import main
 from tests.test_cli import DIGITS
 
-# 20 allocations of a 64 MiB tensor (16384 pages, above any mmap threshold glibc adapts to), each
-# written through, after 16 to warm up (the heap takes a few to settle); prints the page faults
-# the 20 took. With "keep" the script
-# keeps freed memory first; with "child" it runs the same loop again in a process it starts.
+# 20 allocations of a 64 MiB tensor (above any mmap threshold glibc adapts to), each written
+# through, after 16 to warm up (the heap takes a few to settle); prints the page faults the 20
+# took. With "keep" the script keeps freed memory first; with "child" it runs the same loop again
+# in a process it starts.
 FAULTS = """
 import resource, subprocess, sys, torch
 import pcgraph
@@ -32,7 +33,7 @@ print(faults() - before)
 if "child" in sys.argv:
     print(subprocess.run([sys.executable, "-c", sys.argv[1]], capture_output=True, text=True).stdout.split()[-1])
 """
-PAGES = 2**26 // 4096
+PAGES = 2**26 // resource.getpagesize()  # one tensor's pages
 
 
 def faults(*flags: str) -> list[int]:

@@ -61,7 +61,6 @@ from torch.utils.flop_counter import FlopCounterMode
 import pcgraph
 from pcgraph.solver import Solver
 from pcgraph.tasks.bench import eager_update, flops_per_update, random_batch
-from pcgraph.tasks.objective import Backprop
 from pcgraph.tasks.setup import weight_optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,13 +181,8 @@ def cnn_updates(spec_path: str, batches: int, batch_size: int | None = None) -> 
     spec = pcgraph.load_spec(ROOT / spec_path)
     if batch_size is not None:
         spec = spec.model_copy(update={"data": spec.data.model_copy(update={"batch_size": batch_size})})
-    torch.manual_seed(0)
-    graph = pcgraph.compile(spec)
-    b, batch = spec.data.batch_size, random_batch(spec, graph)
-    solver, opt = Solver.from_spec(spec), weight_optimizer(spec.learning.optimizer, graph.parameters())
-    model = Backprop(spec, graph)
-    bp_opt = weight_optimizer(spec.bp.optimizer or spec.learning.optimizer, model.trained_parameters())
-    updates = {"pc": lambda: solver.step(graph, batch, opt), "bp": lambda: model.step(batch, bp_opt)}
+    updates = {name: eager_update(spec, name) for name in ("pc", "bp")}  # eager: what graphs with convolutions run
+    graph, b = pcgraph.compile(spec), spec.data.batch_size
     row, convs, seconds = {}, [], {name: [] for name in updates}
     for update in updates.values():
         update()  # warm-up
@@ -247,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     only = set(a.only.split(","))
     # as the pcgraph command does (its runs here would anyway); the anchors' processes inherit it
-    kept = os.environ.get("PCGRAPH_KEEP_FREED_MEMORY") != "0" and pcgraph.keep_freed_memory()
+    kept = pcgraph.keep_freed_memory()
     r: dict = {"machine": f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
                           f"{', freed memory kept' if kept else ''}"}
     rows = []

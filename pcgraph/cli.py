@@ -651,9 +651,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         _import_torch()
-        if os.environ.get("PCGRAPH_KEEP_FREED_MEMORY") != "0":
-            from pcgraph.tasks.memory import keep_freed_memory
-            keep_freed_memory()  # large maps freed at each inference step are not faulted in again
+        from pcgraph.tasks.memory import keep_freed_memory
+        keep_freed_memory()  # large maps freed at each inference step are not faulted in again
         return args.fn(args)
     except Interrupted as err:
         print(f"pcgraph: {err}", file=sys.stderr)

@@ -29,9 +29,9 @@ def keep_freed_memory() -> bool:
     the processes it starts (glibc's ``mallopt`` with ``M_MMAP_THRESHOLD`` and
     ``M_TRIM_THRESHOLD`` at their limit, and their environment variables set).
 
-    ``pcgraph``'s commands call it at their start (``PCGRAPH_KEEP_FREED_MEMORY=0`` opts out).
-    Returns whether it applied: ``False``, doing nothing, where the C library is not glibc."""
-    if not sys.platform.startswith("linux"):
+    ``pcgraph``'s commands call it at their start. Returns whether it applied: ``False``, doing
+    nothing, where the C library is not glibc or where ``PCGRAPH_KEEP_FREED_MEMORY=0`` opts out."""
+    if not sys.platform.startswith("linux") or os.environ.get("PCGRAPH_KEEP_FREED_MEMORY") == "0":
         return False
     try:
         libc = ctypes.CDLL(None)

@@ -36,9 +36,9 @@ if "child" in sys.argv:
 PAGES = 2**26 // resource.getpagesize()  # one tensor's pages
 
 
-def faults(*flags: str) -> list[int]:
+def faults(*flags: str, **variables: str) -> list[int]:
     # without the variables that this process has if a command ran in it before (tests/test_cli.py)
-    env = {k: v for k, v in os.environ.items() if k not in memory.ENVIRONMENT}
+    env = {k: v for k, v in os.environ.items() if k not in memory.ENVIRONMENT} | variables
     out = subprocess.run([sys.executable, "-c", FAULTS, FAULTS, *flags], capture_output=True, text=True,
                          check=True, env=env)
     return [int(n) for n in out.stdout.split()]
@@ -52,12 +52,20 @@ def test_freed_blocks_are_reused_without_page_faults():
     assert plain >= 10 * PAGES  # glibc maps and unmaps each block: every page is faulted in again
     assert kept[1] < PAGES  # under one block's pages in 20 allocations: the blocks are reused
     assert kept[2] < PAGES  # a process started from it keeps freed memory too (the environment)
+    opted_out = faults("keep", PCGRAPH_KEEP_FREED_MEMORY="0")
+    assert opted_out[0] == 0 and opted_out[1] >= 10 * PAGES  # nothing done: glibc's behaviour stays
 
 
-def test_the_cli_keeps_freed_memory_unless_told_not_to(monkeypatch):
+def test_the_cli_keeps_freed_memory(monkeypatch):
     calls = []
     monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(1) or True)
     assert main(["validate", DIGITS]) == 0
-    monkeypatch.setenv("PCGRAPH_KEEP_FREED_MEMORY", "0")
-    assert main(["validate", DIGITS]) == 0
     assert calls == [1]
+
+
+def test_opting_out_leaves_the_allocator_and_the_environment_alone(monkeypatch):
+    for name in memory.ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PCGRAPH_KEEP_FREED_MEMORY", "0")
+    assert memory.keep_freed_memory() is False
+    assert not set(memory.ENVIRONMENT) & set(os.environ)

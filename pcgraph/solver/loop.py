@@ -20,6 +20,7 @@ from torch import Tensor
 from pcgraph.compiler import CompiledGraph, States, edge_forward
 from pcgraph.errors import PCGraphWarning
 from pcgraph.solver import local
+from pcgraph.solver.passes import SplitAddmm
 from pcgraph.solver.plan import Constants, Plan
 
 
@@ -162,7 +163,8 @@ class Captured:
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        self.fn = torch.compile(pure_loop, dynamic=False, mode="reduce-overhead" if self.cuda else None)
+        self.fn = (torch.compile(pure_loop, dynamic=False, mode="reduce-overhead") if self.cuda else
+                   torch.compile(pure_loop, dynamic=False, options={"post_grad_custom_post_pass": SplitAddmm()}))
         self.failed = False
 
     def __call__(self, run: Run, optimizer, states: States, steps: int, learn: bool):

@@ -1,0 +1,69 @@
+"""Graph rewrites of the compiled relaxation (pcgraph.solver.passes): the split addmm computes what
+aten's addmm does, leaves what it must not touch alone, and the programs that pcgraph builds ahead
+of time run their products as plain mm."""
+
+import zipfile
+
+import torch
+import torch.nn.functional as F
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import pcgraph
+from pcgraph.solver.passes import SplitAddmm
+
+aten = torch.ops.aten
+
+
+def targets(gm: torch.fx.GraphModule) -> list:
+    return [n.target for n in gm.graph.nodes if n.op == "call_function"]
+
+
+def layer(x, w, b, r):
+    """A linear layer with a bias (addmm on a broadcast vector), then a residual product (addmm on a
+    full matrix) and a scaled one (beta = 2, which stays as it is)."""
+    h = torch.tanh(F.linear(x, w, b))
+    return torch.addmm(r, h, w.T) * 2 + torch.addmm(r, h, w.T, beta=2)
+
+
+def test_split_addmm_keeps_the_values_and_leaves_no_unit_addmm():
+    gen = torch.Generator().manual_seed(0)
+    x, w, b, r = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in ((5, 4), (4, 4), (4,), (5, 4)))
+    gm = make_fx(layer, tracing_mode="fake")(x, w, b, r)
+    before = [n.kwargs.get("beta", 1) for n in gm.graph.nodes if n.target is aten.addmm.default]
+    assert len(before) == 3  # the test's premise: the trace holds the three addmm
+    SplitAddmm()(gm.graph)
+    gm.graph.lint()
+    gm.recompile()
+    left = [n for n in gm.graph.nodes if n.target is aten.addmm.default]
+    assert [n.kwargs.get("beta", 1) for n in left] == [2]  # only the scaled one stays
+    assert targets(gm).count(aten.mm.default) == 2
+    torch.testing.assert_close(gm(x, w, b, r), layer(x, w, b, r), rtol=1e-14, atol=1e-14)
+
+
+def test_split_addmm_leaves_other_devices_alone():
+    x, w, b = torch.randn(3, 2, device="meta"), torch.randn(2, 2, device="meta"), torch.randn(2, device="meta")
+    gm = make_fx(lambda x, w, b: F.linear(x, w, b), tracing_mode="fake")(x, w, b)
+    SplitAddmm()(gm.graph)
+    assert aten.addmm.default in targets(gm)
+
+
+def test_the_uuid_names_the_pass_source():
+    assert SplitAddmm().uuid() == SplitAddmm().uuid() and len(SplitAddmm().uuid()) == 64
+
+
+def test_a_program_built_ahead_of_time_runs_its_products_as_mm(tmp_path, monkeypatch):
+    monkeypatch.setenv("PCGRAPH_CACHE_DIR", str(tmp_path))
+    g = pcgraph.Graph("mlp")
+    x, h = g.node("x", 6, observed=True), g.node("h", 8)
+    g.edge(x, h, "linear", "gelu")
+    g.edge(h, g.node("y", 3, observed=True), "linear")
+    g.inference(steps=3)
+    spec = g.spec()
+    graph = pcgraph.compile(spec)
+    batch = {"x": torch.randn(4, 6), "y": torch.randn(4, 3)}
+    pcgraph.Solver.from_spec(spec, compile=True).gradients(graph, batch)
+    (package,) = tmp_path.glob("*.pt2")
+    with zipfile.ZipFile(package) as z:
+        wrapper = "".join(z.read(n).decode() for n in z.namelist() if n.endswith("wrapper.cpp"))
+    assert "aoti_torch_cpu_mm_out" in wrapper
+    assert "aoti_torch_cpu_addmm_out" not in wrapper

@@ -8,6 +8,7 @@ came and what was expected (see :func:`pcgraph.compile`).
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import nn
@@ -52,10 +53,23 @@ def _pair(v) -> list[int]:
 
 
 class MaxPool2dModule(nn.MaxPool2d, OpModule):
-    """dE/dx: g goes to each window's arg max (saved by the forward pass, :meth:`taped`)."""
+    """dE/dx: g goes to each window's arg max (saved by the forward pass, :meth:`taped`).
+
+    torch's CPU kernel for (B, C, H, W) data visits one window at a time; its kernel for
+    channels-last data takes a vector of channels at once, 2-3.5x faster counting the copy, once
+    the copy stays in cache. So eager batches of at least ``MIN_CHANNELS`` channels on the CPU are
+    pooled through channels-last copies of about ``CHUNK`` bytes at a time
+    (:func:`_max_pool_by_channels`): the same values and arg max as the plain kernel (the first
+    largest value of each window, in row order), in the usual layout. The plain kernel took 12% of
+    the CIFAR-10 CNN's PC update and 16% of its backprop update."""
 
     has_local_rule = True
     picks_max = True
+    MIN_CHANNELS = 16  # one AVX-512 vector of float32: with fewer, the plain kernel is faster
+    CHUNK = 4 * 2**20
+
+    def forward(self, x):
+        return self._pool(x)[0] if self._by_channels(x) else super().forward(x)
 
     def taped(self, x):
         y, idx = self._pool(x)
@@ -67,8 +81,52 @@ class MaxPool2dModule(nn.MaxPool2d, OpModule):
                                                       _pair(self.padding), _pair(self.dilation), self.ceil_mode, idx)
 
     def _pool(self, x):
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                            return_indices=True)
+        args = self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
+        if self._by_channels(x):
+            return _MaxPool.apply(x, self)
+        return F.max_pool2d(x, *args, return_indices=True)
+
+    def _by_channels(self, x) -> bool:
+        """CPU batches with enough channels, run eagerly (a compiler writes its own kernel)."""
+        return (x.dim() == 4 and x.shape[1] >= self.MIN_CHANNELS and x.device.type == "cpu" and x.numel() > 0
+                and not torch.compiler.is_compiling())
+
+
+def _max_pool_by_channels(x, args, chunk: int):
+    """F.max_pool2d(x, *args, return_indices=True) for (B, C, H, W) ``x``, through channels-last
+    copies of about ``chunk`` bytes (whole samples) at a time."""
+    n = max(1, chunk // (x[0].numel() * x.element_size()))
+    y = idx = None
+    for lo in range(0, len(x), n):
+        part, at = F.max_pool2d(x[lo:lo + n].contiguous(memory_format=torch.channels_last), *args, return_indices=True)
+        if y is None:
+            y = x.new_empty(len(x), *part.shape[1:])
+            idx = torch.empty(y.shape, dtype=at.dtype, device=x.device)
+        y[lo:lo + n] = part
+        idx[lo:lo + n] = at
+    return y, idx
+
+
+class _MaxPool(torch.autograd.Function):
+    """(values, arg max) of :class:`MaxPool2dModule` on the channels-last path, as one step for
+    autograd (the chunks' copies stay off its tape): backward by the module's local rule."""
+
+    @staticmethod
+    def forward(x, pool):
+        return _max_pool_by_channels(x, (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode),
+                                     pool.CHUNK)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (x, pool), (_, idx) = inputs, output
+        ctx.mark_non_differentiable(idx)
+        ctx.save_for_backward(x, idx)
+        ctx.pool = pool
+
+    @staticmethod
+    def backward(ctx, g, _):
+        x, idx = ctx.saved_tensors
+        return ctx.pool.local_vjp((x, idx), g, None, True), None
 
 
 class AvgPool2dModule(nn.AvgPool2d, OpModule):

@@ -81,10 +81,12 @@ class MaxPool2dModule(nn.MaxPool2d, OpModule):
                                                       _pair(self.padding), _pair(self.dilation), self.ceil_mode, idx)
 
     def _pool(self, x):
-        args = self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
         if self._by_channels(x):
             return _MaxPool.apply(x, self)
-        return F.max_pool2d(x, *args, return_indices=True)
+        return F.max_pool2d(x, *self._args(), return_indices=True)
+
+    def _args(self) -> tuple:
+        return self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
 
     def _by_channels(self, x) -> bool:
         """CPU batches with enough channels, run eagerly (a compiler writes its own kernel)."""
@@ -113,8 +115,7 @@ class _MaxPool(torch.autograd.Function):
 
     @staticmethod
     def forward(x, pool):
-        return _max_pool_by_channels(x, (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode),
-                                     pool.CHUNK)
+        return _max_pool_by_channels(x, pool._args(), pool.CHUNK)
 
     @staticmethod
     def setup_context(ctx, inputs, output):

@@ -45,7 +45,6 @@ from torch.utils import _pytree as pytree
 import pcgraph
 from pcgraph.errors import PCGraphWarning
 from pcgraph.solver.loop import Run, fixed_energy, fixed_loop, refed, total_energy
-from pcgraph.solver.passes import SplitAddmm
 
 FORMAT = 2  # bump when the traced function's inputs or outputs change
 PAYS = 5000  # training updates from which a one-time compile is won back (about 3 ms each on the MLP)
@@ -274,6 +273,8 @@ def _check_private(path: Path) -> None:
 
 def build(program, path: Path) -> None:
     """AOTInductor-compile an exported program into ``path``, atomically (a reader never sees half)."""
+    from pcgraph.solver.passes import SplitAddmm  # imports torch._inductor: 0.8 s, paid only to compile
+
     part = path.with_name(f"{path.stem}.{os.getpid()}.part.pt2")
     torch._inductor.aoti_compile_and_package(program, package_path=str(part),
                                              inductor_configs={"post_grad_custom_post_pass": SplitAddmm()})

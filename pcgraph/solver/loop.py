@@ -20,7 +20,6 @@ from torch import Tensor
 from pcgraph.compiler import CompiledGraph, States, edge_forward
 from pcgraph.errors import PCGraphWarning
 from pcgraph.solver import local
-from pcgraph.solver.passes import SplitAddmm
 from pcgraph.solver.plan import Constants, Plan
 
 
@@ -162,6 +161,8 @@ class Captured:
     raises, it warns once and runs the eager loop from then on."""
 
     def __init__(self, device: torch.device):
+        from pcgraph.solver.passes import SplitAddmm  # imports torch._inductor: 0.8 s, paid only to compile
+
         self.cuda = device.type == "cuda"
         self.fn = (torch.compile(pure_loop, dynamic=False, mode="reduce-overhead") if self.cuda else
                    torch.compile(pure_loop, dynamic=False, options={"post_grad_custom_post_pass": SplitAddmm()}))

@@ -2,6 +2,8 @@
 aten's addmm does, leaves what it must not touch alone, and the programs that pcgraph builds ahead
 of time run their products as plain mm."""
 
+import subprocess
+import sys
 import zipfile
 
 import torch
@@ -67,3 +69,10 @@ def test_a_program_built_ahead_of_time_runs_its_products_as_mm(tmp_path, monkeyp
         wrapper = "".join(z.read(n).decode() for n in z.namelist() if n.endswith("wrapper.cpp"))
     assert "aoti_torch_cpu_mm_out" in wrapper
     assert "aoti_torch_cpu_addmm_out" not in wrapper
+
+
+def test_importing_the_solver_and_the_cli_leaves_inductor_unloaded():
+    """torch._inductor takes most of a second to import: only a compile pays it."""
+    code = "import sys, pcgraph.solver, pcgraph.cli; print('torch._inductor' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

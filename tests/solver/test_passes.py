@@ -1,9 +1,11 @@
 """Graph rewrites of the compiled relaxation (pcgraph.solver.passes): the split addmm computes what
-aten's addmm does, leaves what it must not touch alone, and the programs that pcgraph builds ahead
-of time run their products as plain mm."""
+aten's addmm does and leaves what it must not touch alone; the programs that pcgraph builds ahead
+of time run their products as plain mm, the torch.compile route with the pass equals the eager
+loop, and inductor is imported only to compile."""
 
 import subprocess
 import sys
+import warnings
 import zipfile
 
 import torch
@@ -11,6 +13,8 @@ import torch.nn.functional as F
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import pcgraph
+from pcgraph.errors import PCGraphWarning
+from pcgraph.solver.loop import Captured
 from pcgraph.solver.passes import SplitAddmm
 
 aten = torch.ops.aten
@@ -76,3 +80,28 @@ def test_importing_the_solver_and_the_cli_leaves_inductor_unloaded():
     code = "import sys, pcgraph.solver, pcgraph.cli; print('torch._inductor' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_loop_compiled_by_torch_compile_on_cpu_equals_the_eager_one():
+    """Runs that do not start from the forward init (here: zeros) go to torch.compile with the
+    same pass; in float64 its relaxation and gradients are the eager loop's."""
+    g = pcgraph.Graph("mlp")
+    x, h = g.node("x", 6, observed=True), g.node("h", 8)
+    g.edge(x, h, "linear", "tanh")
+    g.edge(h, g.node("y", 3, observed=True), "linear")
+    g.inference(steps=4, init="zeros")
+    spec = g.spec()
+    graph = pcgraph.compile(spec).double()
+    gen = torch.Generator().manual_seed(3)
+    batch = {"x": torch.randn(4, 6, generator=gen, dtype=torch.float64),
+             "y": torch.randn(4, 3, generator=gen, dtype=torch.float64)}
+    eager = pcgraph.Solver.from_spec(spec, compile=False).gradients(graph, batch)
+    solver = pcgraph.Solver.from_spec(spec, compile=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PCGraphWarning)  # a failed compile warns and runs eagerly
+        compiled = solver.gradients(graph, batch)
+    (loop,) = [fn for _, fn in solver._cache.values()]
+    assert isinstance(loop, Captured) and not loop.failed
+    torch.testing.assert_close(compiled[0].energy, eager[0].energy, rtol=1e-12, atol=1e-12)
+    for p in eager[1]:
+        torch.testing.assert_close(compiled[1][p], eager[1][p], rtol=1e-12, atol=1e-12)

@@ -69,7 +69,7 @@ class MaxPool2dModule(nn.MaxPool2d, OpModule):
     CHUNK = 4 * 2**20
 
     def forward(self, x):
-        return self._pool(x)[0] if self._by_channels(x) else super().forward(x)
+        return _MaxPool.apply(x, self)[0] if self._by_channels(x) else super().forward(x)
 
     def taped(self, x):
         y, idx = self._pool(x)
@@ -103,7 +103,7 @@ def _max_pool_by_channels(x, args, chunk: int):
         part, at = F.max_pool2d(x[lo:lo + n].contiguous(memory_format=torch.channels_last), *args, return_indices=True)
         if y is None:
             y = x.new_empty(len(x), *part.shape[1:])
-            idx = torch.empty(y.shape, dtype=at.dtype, device=x.device)
+            idx = at.new_empty(y.shape)
         y[lo:lo + n] = part
         idx[lo:lo + n] = at
     return y, idx

@@ -273,11 +273,10 @@ def _check_private(path: Path) -> None:
 
 def build(program, path: Path) -> None:
     """AOTInductor-compile an exported program into ``path``, atomically (a reader never sees half)."""
-    from pcgraph.solver.passes import SplitAddmm  # imports torch._inductor: 0.8 s, paid only to compile
+    from pcgraph.solver import passes
 
     part = path.with_name(f"{path.stem}.{os.getpid()}.part.pt2")
-    torch._inductor.aoti_compile_and_package(program, package_path=str(part),
-                                             inductor_configs={"post_grad_custom_post_pass": SplitAddmm()})
+    torch._inductor.aoti_compile_and_package(program, package_path=str(part), inductor_configs=passes.cpu_options())
     part.chmod(0o600)
     os.replace(part, path)  # several processes compiling the same program: the last one wins
     with contextlib.suppress(OSError):  # another process may be pruning too

@@ -161,11 +161,11 @@ class Captured:
     raises, it warns once and runs the eager loop from then on."""
 
     def __init__(self, device: torch.device):
-        from pcgraph.solver.passes import SplitAddmm  # imports torch._inductor: 0.8 s, paid only to compile
+        from pcgraph.solver import passes
 
         self.cuda = device.type == "cuda"
         self.fn = (torch.compile(pure_loop, dynamic=False, mode="reduce-overhead") if self.cuda else
-                   torch.compile(pure_loop, dynamic=False, options={"post_grad_custom_post_pass": SplitAddmm()}))
+                   torch.compile(pure_loop, dynamic=False, options=passes.cpu_options()))
         self.failed = False
 
     def __call__(self, run: Run, optimizer, states: States, steps: int, learn: bool):

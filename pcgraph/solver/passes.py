@@ -46,6 +46,12 @@ class SplitAddmm(CustomGraphPass):
         return hashlib.sha256(inspect.getsource(inspect.getmodule(SplitAddmm)).encode()).hexdigest()
 
 
+def cpu_options() -> dict:
+    """Inductor's options for a relaxation compiled on CPU (this module imports torch._inductor,
+    0.8 s: callers import it when they compile, not at start-up)."""
+    return {"post_grad_custom_post_pass": SplitAddmm()}
+
+
 def _splittable(node: torch.fx.Node) -> bool:
     if node.op != "call_function" or node.target is not aten.addmm.default:
         return False

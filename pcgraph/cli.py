@@ -640,6 +640,14 @@ def _import_torch() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    group = sys.modules.get("pcgraph.tasks.distributed")
+    if group is not None and group.joined_a_group():  # a torchrun rank: see distributed.end_process
+        group.end_process(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)

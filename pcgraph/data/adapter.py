@@ -21,7 +21,6 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pcgraph.errors import DataError
@@ -42,22 +41,30 @@ def graph_dtype(graph) -> tuple[torch.dtype, torch.device]:
 def fit(value, shape: tuple[int, ...], name: str, dtype: torch.dtype, device, check: bool = True) -> Tensor:
     """``value`` as a (B, *shape) tensor of ``dtype`` on ``device``: integer class labels (B,) for
     ``shape == (C,)`` one-hot (``check``: labels in 0..C-1), any other (B, ...) tensor reshaped.
-    ``name`` (the node) is what a :class:`DataError` names."""
+    ``name`` (the node) is what a :class:`DataError` names. Called on every training batch, so the
+    values that need no change come back as they are."""
     x = value if isinstance(value, Tensor) else torch.as_tensor(value)
-    want = f"(B, {', '.join(map(str, shape))})"
     if x.dim() == 0:
-        raise DataError(f"node {name!r} expects a {want} batch, got a scalar (a tensor of shape [])")
+        raise DataError(f"node {name!r} expects a {_want(shape)} batch, got a scalar (a tensor of shape [])")
     labels = not x.is_floating_point() and x.dtype != torch.bool and x.dim() == 1 and len(shape) == 1
     if labels:
         if check and len(x) and (int(x.min()) < 0 or int(x.max()) >= shape[0]):
             raise DataError(f"node {name!r} has {shape[0]} classes, so its labels must lie in 0..{shape[0] - 1}; got "
                             f"labels from {int(x.min())} to {int(x.max())}")
-        return F.one_hot(x.long(), shape[0]).to(device=device, dtype=dtype)
-    if x[0].numel() != math.prod(shape):
-        hint = " (1-D class labels go one-hot only as integers, for a node of shape [C])" if x.dim() == 1 else ""
-        raise DataError(f"node {name!r} expects a {want} batch ({math.prod(shape)} values per sample), got shape "
-                        f"{list(x.shape)} ({x[0].numel()} per sample){hint}")
-    return x.reshape(len(x), *shape).to(device=device, dtype=dtype)
+        # one_hot's own range check would read the labels twice more on every batch
+        hot = torch.zeros(len(x), shape[0], dtype=dtype, device=device)
+        return hot.scatter_(1, x.to(device=device, dtype=torch.long).unsqueeze(1), 1)
+    if x.shape[1:] != shape:
+        if x.shape[1:].numel() != math.prod(shape):
+            hint = " (1-D class labels go one-hot only as integers, for a node of shape [C])" if x.dim() == 1 else ""
+            raise DataError(f"node {name!r} expects a {_want(shape)} batch ({math.prod(shape)} values per sample), got "
+                            f"shape {list(x.shape)} ({x.shape[1:].numel()} per sample){hint}")
+        x = x.reshape(len(x), *shape)
+    return x if x.dtype == dtype and x.device == torch.device(device) else x.to(device=device, dtype=dtype)
+
+
+def _want(shape: tuple[int, ...]) -> str:
+    return f"(B, {', '.join(map(str, shape))})"
 
 
 def to_nodes(batch, graph, inputs: str | Sequence[str] | Mapping[str, str | int],

@@ -21,6 +21,7 @@ from pcgraph.compiler import CompiledGraph, States, edge_forward
 from pcgraph.errors import PCGraphWarning
 from pcgraph.solver import local
 from pcgraph.solver.plan import Constants, Plan
+from pcgraph.solver.weight_step import weight_step
 
 
 @dataclass(frozen=True)
@@ -302,4 +303,4 @@ def param_step(opt: torch.optim.Optimizer, grads: dict) -> None:
         for p in group["params"]:
             g = grads.get(p)
             p.grad = None if not p.requires_grad else torch.zeros_like(p) if g is None else g
-    opt.step()
+    weight_step(opt)

@@ -51,6 +51,7 @@ from pcgraph.solver.loop import (
 from pcgraph.solver.optim import StateAdam, StateSGD, state_optimizer
 from pcgraph.solver.plan import Constants, Plan
 from pcgraph.solver.start import encoder_gradients, initial_states, output_leaves
+from pcgraph.solver.weight_step import weight_step
 from pcgraph.spec import SGD, GraphSpec
 from pcgraph.updates import WeightUpdate, parse_update
 from pcgraph.variants import Variant, parse_variant
@@ -196,7 +197,7 @@ class Solver:
         if not bool(torch.isfinite(loss)):
             raise divergence(graph, states, loss.detach().reshape(1), "learning", self.optimizer)
         loss.backward()
-        optimizer.step()
+        weight_step(optimizer)
         return loss.detach()
 
     # --- the run -----------------------------------------------------------------------------

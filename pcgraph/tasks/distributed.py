@@ -20,9 +20,11 @@ import pickle
 import queue as queue_module
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -30,6 +32,7 @@ import torch.multiprocessing as mp
 
 from pcgraph import errors
 from pcgraph.errors import DivergenceError, UsageError
+from pcgraph.solver.weight_step import weight_step
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -107,7 +110,7 @@ class ReducingOptimizer:
 
     def step(self) -> None:
         self._reduce(diverged=False)
-        self.optimizer.step()
+        weight_step(self.optimizer)
 
     def abstain(self) -> None:
         """Join this update's all-reduce with no gradient and the divergence flag set: this rank's
@@ -172,10 +175,31 @@ def joined(dev: torch.device):
     if dev.type == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(_backend(dev), init_method="env://")
+    _in_group[0] = True
     try:
         yield _context()
     finally:
         dist.destroy_process_group()
+
+
+_in_group = [False]  # this process joined a process group: the CLI ends it through end_process
+
+
+def joined_a_group() -> bool:
+    return _in_group[0]
+
+
+def end_process(code: int) -> NoReturn:
+    """Exit with ``code`` now, without the interpreter's finalization (stdout and stderr flushed).
+    Gloo's worker threads can outlive ``destroy_process_group`` while they drop the last finished
+    collective, whose tensors need the GIL to be freed; a finalizing interpreter stops any thread
+    that asks for the GIL, which inside that C++ destructor is std::terminate (SIGABRT). Seen at
+    the exit of one two-rank test run in about seven (torch 2.14); a rank killed that way turns a
+    finished run into a failed one for torchrun and for :func:`launch`."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def check_devices(dev: torch.device, nproc: int) -> None:
@@ -202,18 +226,23 @@ def free_port() -> int:
 def _worker(rank: int, world: int, port: int, backend: str, threads: int, fn, kwargs: dict, out) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
     torch.set_num_threads(threads)
+    code = 1
     try:
         if backend == "nccl":
             torch.cuda.set_device(rank)
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
         result = fn(**kwargs)
         out.put((rank, "ok", result if rank == 0 else None, False))
+        code = 0
     except BaseException as err:  # noqa: BLE001 - every failure goes back to the launcher as one line
         name = type(err).__name__
         out.put((rank, name, str(err).strip() or name, isinstance(err, PeerDivergence)))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        out.close()
+        out.join_thread()  # the report is written before the process ends
+        end_process(code)
 
 
 def launch(fn, nproc: int, dev: torch.device, kwargs: dict, grace: float = 10.0):

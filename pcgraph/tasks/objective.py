@@ -27,6 +27,7 @@ from pcgraph.compiler import CompiledGraph, States, build_edge
 from pcgraph.data.adapter import fit, graph_dtype, samples
 from pcgraph.errors import SpecError
 from pcgraph.solver import Clamp
+from pcgraph.solver.weight_step import weight_step
 from pcgraph.spec import GraphSpec, NodeRef
 from pcgraph.spec.problems import data_refs, ref_path
 
@@ -249,5 +250,5 @@ class Backprop(nn.Module):
         optimizer.zero_grad(set_to_none=True)
         loss = self.loss(batch)
         loss.backward()
-        optimizer.step()
+        weight_step(optimizer)
         return loss.detach()

@@ -2,6 +2,8 @@
 on two processes resumes on one, only rank 0 writes, failures come back as one error."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -81,6 +83,7 @@ def _ranks_worker(rank, world, port, folder):
         torch.save(results, os.path.join(folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+    distributed.end_process(0)  # as launch's workers end: gloo's threads can outlive the group
 
 
 def test_one_update_on_two_ranks_equals_one_process_on_the_whole_batch(tmp_path):
@@ -162,3 +165,10 @@ def test_bad_process_counts_are_one_line_errors(capsys, monkeypatch):
     assert "positive integer" in err[0] and "torchrun" in err[-1]
     with pytest.raises(pcgraph.UsageError, match="at least 1"):
         train(spec(), nproc=0)
+
+
+def test_end_process_flushes_and_exits_with_the_code():
+    code = "import sys; from pcgraph.tasks.distributed import end_process; print('out', end=''); " \
+           "print('err', end='', file=sys.stderr); end_process(3)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out", "err")

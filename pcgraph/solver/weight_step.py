@@ -51,9 +51,9 @@ def _direct_calls(opt) -> list | None:
         return None
     calls = []
     for group in opt.param_groups:
-        kernel = _KERNELS[bool(group["decoupled_weight_decay"])]
+        kernel = _KERNELS[bool(group.get("decoupled_weight_decay"))]
         beta1, beta2 = group["betas"]
-        if kernel is None or group["fused"] is not True or group["differentiable"] \
+        if kernel is None or group.get("fused") is not True or group.get("differentiable", True) \
                 or any(isinstance(v, torch.Tensor) for v in (group["lr"], beta1, beta2)):
             return None
         params = [p for p in group["params"] if p.grad is not None]

@@ -14,6 +14,7 @@ is empty relaxes a stand-in sample with weight 0, so every rank joins the same c
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pickle
@@ -190,12 +191,15 @@ def joined_a_group() -> bool:
 
 
 def end_process(code: int) -> NoReturn:
-    """Exit with ``code`` now, without the interpreter's finalization (stdout and stderr flushed).
-    Gloo's worker threads can outlive ``destroy_process_group`` while they drop the last finished
-    collective, whose tensors need the GIL to be freed; a finalizing interpreter stops any thread
-    that asks for the GIL, which inside that C++ destructor is std::terminate (SIGABRT). Seen at
-    the exit of one two-rank test run in about seven (torch 2.14); a rank killed that way turns a
-    finished run into a failed one for torchrun and for :func:`launch`."""
+    """Exit with ``code`` after the exit handlers (``atexit``: multiprocessing's clean-up, compile
+    workers) but without the interpreter's finalization, stdout and stderr flushed. Gloo's worker
+    threads can outlive ``destroy_process_group`` while they drop the last finished collective,
+    whose tensors need the GIL to be freed; a finalizing interpreter stops any thread that asks for
+    the GIL, which inside that C++ destructor is std::terminate (SIGABRT). Seen at the exit of one
+    two-rank test run in about seven (torch 2.14); a rank killed that way turns a finished run into
+    a failed one for torchrun and for :func:`launch`."""
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

@@ -60,7 +60,8 @@ def fit(value, shape: tuple[int, ...], name: str, dtype: torch.dtype, device, ch
             raise DataError(f"node {name!r} expects a {_want(shape)} batch ({math.prod(shape)} values per sample), got "
                             f"shape {list(x.shape)} ({x.shape[1:].numel()} per sample){hint}")
         x = x.reshape(len(x), *shape)
-    return x if x.dtype == dtype and x.device == torch.device(device) else x.to(device=device, dtype=dtype)
+    same = x.dtype == dtype and (device is None or x.device == torch.device(device))
+    return x if same else x.to(device=device, dtype=dtype)
 
 
 def _want(shape: tuple[int, ...]) -> str:

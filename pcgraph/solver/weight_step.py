@@ -26,7 +26,8 @@ from torch.optim import optimizer as _optimizer
 _KERNELS = {False: getattr(torch, "_fused_adam_", None), True: getattr(torch, "_fused_adamw_", None)}
 _HOOKS = [getattr(_optimizer, name, None) for name in ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks")]
 _STATE = ("exp_avg", "exp_avg_sq", "step")  # in the kernel's order
-_stepped: weakref.WeakSet = weakref.WeakSet()  # optimizers whose own step() has run (it sets up hooks' flags)
+# optimizers whose own step() has run: it created their state and told an LR scheduler it ran
+_stepped: weakref.WeakSet = weakref.WeakSet()
 
 
 def weight_step(opt) -> None:

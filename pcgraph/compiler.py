@@ -18,6 +18,7 @@ from pcgraph.compiled import CompiledGraph, Edge, Node, States, combine, edge_fo
 from pcgraph.errors import SpecError, UsageError
 from pcgraph.ops import Op, adopt, pool_first
 from pcgraph.ops.activation import ScaleModule
+from pcgraph.ops.conv import crop_before_pools
 from pcgraph.spec import GraphSpec, NodeSpec
 from pcgraph.spec.problems import cycle_problems, data_refs, listed, ref_path, role_problems
 
@@ -270,6 +271,7 @@ def build_edge(e, nodes: dict[str, NodeSpec], path: str, budget: _Budget | None 
         raise SpecError(f"the pipeline outputs shape {list(x.shape[1:])} but target node "
                         f"{e.to!r} has shape {list(target)}", f"{path}.fn")
     modules, kinds = pool_first(modules, [op.kind for op in e.fn])
+    crop_before_pools(modules)
     if e.scale != 1:
         modules.append(ScaleModule(_scale(e.scale, modules, depth, f"{path}.scale")))
         kinds.append("scale")

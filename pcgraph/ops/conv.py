@@ -42,10 +42,11 @@ class _ConvRule(OpModule):
 
 class Conv2dModule(nn.Conv2d, _ConvRule):
     """With ``pool_window`` set (:func:`crop_before_pools`: the kernel, stride and dilation of a max
-    pooling without padding that comes right after it), only the input rows and columns that the pooled outputs depend on are
-    convolved: a 2x2 pool of a 13x13 map reads 12x12 of it, so the CIFAR-10 CNN's second
-    convolution reads 14x14 of its 15x15 input (15% fewer FLOPs; PC and backprop updates 3%
-    faster), with bit for bit the same pooled values. The unread rows' input gradient is zero."""
+    pooling without padding that comes right after it), only the input rows and columns that the
+    pooled outputs depend on are convolved: a 2x2 pool of a 13x13 map reads 12x12 of it, so the
+    CIFAR-10 CNN's second convolution reads 14x14 of its 15x15 input (15% fewer FLOPs; PC and
+    backprop updates 3% faster), with bit for bit the same pooled values. The unread rows' input
+    gradient is zero."""
 
     pool_window: tuple | None = None
 
